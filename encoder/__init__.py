@@ -1,0 +1,1 @@
+"""sparseblob.encoder: pruning masks, bitmask encoding, palettization and quantization."""

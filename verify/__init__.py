@@ -1,0 +1,1 @@
+"""sparseblob.verify: constraint and differential checks, reports and the command line."""
