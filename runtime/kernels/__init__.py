@@ -1,0 +1,1 @@
+"""Sparse-aware linear, matmul and convolution kernels on compressed weights."""

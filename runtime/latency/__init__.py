@@ -1,0 +1,1 @@
+"""Cost accounting and latency model of compressed weights on Apple devices."""

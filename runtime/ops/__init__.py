@@ -1,0 +1,1 @@
+"""MIL op implementations as pure numpy functions, and the registry the interpreter uses."""
