@@ -26,6 +26,7 @@ __all__ = [
     "UnsupportedOpError",
     "PatternError",
     "EncodingError",
+    "OpParameterError",
 ]
 
 
@@ -99,3 +100,8 @@ class PatternError(SparseblobError):
 
 class EncodingError(SparseblobError):
     """Weights or options that the encoder cannot turn into the requested format."""
+
+
+class OpParameterError(SparseblobError):
+    """An op parameter has a value the op does not accept: a zero stride, a negative pad, an
+    axis or index out of range, or a missing required input."""
