@@ -4,5 +4,41 @@ The runtime depends on nothing in ``sparseblob.encoder`` or ``sparseblob.verify`
 """
 
 from .errors import SparseblobError
+from .package import (
+    Argument,
+    Binding,
+    Block,
+    Function,
+    NamedType,
+    Operation,
+    Package,
+    load,
+)
+from .values import (
+    BlobValue,
+    DictionaryType,
+    ImmediateValue,
+    ListType,
+    StateType,
+    TensorType,
+    TupleType,
+)
 
-__all__ = ["SparseblobError"]
+__all__ = [
+    "SparseblobError",
+    "load",
+    "Package",
+    "Function",
+    "Block",
+    "Operation",
+    "Argument",
+    "Binding",
+    "NamedType",
+    "TensorType",
+    "ListType",
+    "TupleType",
+    "DictionaryType",
+    "StateType",
+    "ImmediateValue",
+    "BlobValue",
+]
