@@ -73,6 +73,9 @@ HEADER_SIZE = _HEADER.size
 RECORD_SIZE = _RECORD.size
 
 
+_BLOB_NAMES = {t.blob_code: t.name for t in ELEMENT_TYPES if t.blob_code is not None}
+
+
 def _align(offset: int) -> int:
     return (offset + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
@@ -151,6 +154,8 @@ class BlobFile:
         Arrays returned by :meth:`read` stay valid: while any of them is alive, the map is
         released when the last one is garbage-collected instead.
         """
+        if self._map is None:
+            return
         try:
             self._map.close()
         except BufferError:
@@ -185,22 +190,8 @@ class BlobFile:
         if cached is not None:
             return cached
 
-        mapped = self._mapped()
-        where = f"{self.path.name} record at offset {metadata_offset}"
-        if metadata_offset < HEADER_SIZE or metadata_offset % ALIGNMENT:
-            raise BlobBoundsError(
-                f"{where}: expected a multiple of {ALIGNMENT} that is at least {HEADER_SIZE}"
-            )
-        record_end = metadata_offset + RECORD_SIZE
-        if record_end > self.file_size:
-            raise BlobBoundsError(
-                f"{where}: the {RECORD_SIZE}-byte record ends at {record_end}, past the end of "
-                f"the {self.file_size}-byte file"
-            )
-
-        sentinel, code, size, data_offset, padding = _RECORD.unpack_from(mapped, metadata_offset)
-        if sentinel != SENTINEL:
-            raise BlobSentinelError(f"{where}: sentinel is {sentinel:#010x}; expected {SENTINEL:#010x}")
+        where = self._where(metadata_offset)
+        _, code, size, data_offset, padding = self._record_fields(metadata_offset)
         dtype = by_blob_code(code, where=where)
         if size == 0:
             raise BlobBoundsError(
@@ -208,6 +199,7 @@ class BlobFile:
                 "an empty blob"
             )
 
+        record_end = metadata_offset + RECORD_SIZE
         data_end = data_offset + size
         if data_offset < record_end and data_end > metadata_offset:
             raise BlobOverlapError(
@@ -226,6 +218,32 @@ class BlobFile:
         self._records[metadata_offset] = record
         return record
 
+    def _where(self, metadata_offset: int) -> str:
+        return f"{self.path.name} record at offset {metadata_offset}"
+
+    def _record_fields(self, metadata_offset: int) -> tuple[int, int, int, int, int]:
+        """Return the sentinel-checked fields of the record at ``metadata_offset``.
+
+        The fields are sentinel, dtype code, sizeInBytes, data offset and padding_size_in_bits.
+        """
+        where = self._where(metadata_offset)
+        if metadata_offset < HEADER_SIZE or metadata_offset % ALIGNMENT:
+            raise BlobBoundsError(
+                f"{where}: expected a multiple of {ALIGNMENT} that is at least {HEADER_SIZE}"
+            )
+        record_end = metadata_offset + RECORD_SIZE
+        if record_end > self.file_size:
+            raise BlobBoundsError(
+                f"{where}: the {RECORD_SIZE}-byte record ends at {record_end}, past the end of "
+                f"the {self.file_size}-byte file"
+            )
+
+        fields = _RECORD.unpack_from(self._mapped(), metadata_offset)
+        sentinel = fields[0]
+        if sentinel != SENTINEL:
+            raise BlobSentinelError(f"{where}: sentinel is {sentinel:#010x}; expected {SENTINEL:#010x}")
+        return fields
+
     def records(self) -> Iterator[BlobRecord]:
         """Walk ``count`` records from offset 64, as Core ML's ``GetAllOffsets`` does.
 
@@ -238,15 +256,17 @@ class BlobFile:
             BlobFileError: any error of :meth:`record`.
         """
         offset = HEADER_SIZE
-        for _ in range(self.count):
+        for index in range(self.count):
             record = self.record(offset)
             yield record
+            if index == self.count - 1:
+                break
+
             next_offset = _align(record.end)
             if next_offset <= offset:
                 raise BlobOverlapError(
-                    f"{self.path.name} record at offset {offset}: payload ends at {record.end}, "
-                    f"so the next record would be at {next_offset}; expected an offset after "
-                    f"{offset}"
+                    f"{self._where(offset)}: payload ends at {record.end}, so the next record "
+                    f"would be at {next_offset}; expected an offset after {offset}"
                 )
             offset = next_offset
 
@@ -305,17 +325,22 @@ class BlobFile:
             ShapeError: the stored element count is not ``prod(shape)``.
             BlobFileError: any error of :meth:`record`.
         """
-        record = self.record(metadata_offset)
-        where = f"{self.path.name} record at offset {record.metadata_offset}"
+        metadata_offset = operator.index(metadata_offset)
+        where = self._where(metadata_offset)
         label = f"{name} ({where})" if name else where
 
+        # Compare the declared type first: a wrong type also makes the size or padding look
+        # invalid, and the type mismatch is the more useful message.
         if dtype is not None:
             expected = by_name(dtype) if isinstance(dtype, str) else dtype
-            if expected.blob_code != record.dtype.blob_code:
+            code = self._record_fields(metadata_offset)[1]
+            if code != expected.blob_code:
+                stored = _BLOB_NAMES.get(code, "an unknown type")
                 raise UnknownDtypeError(
-                    f"{label}: blob stores {record.dtype} (code {record.dtype.blob_code}), but the "
-                    f"tensor is declared {expected} (code {expected.blob_code})"
+                    f"{label}: blob stores {stored} (code {code}), but the tensor is declared "
+                    f"{expected} (code {expected.blob_code})"
                 )
+        record = self.record(metadata_offset)
 
         count = record.element_count
         if shape is not None:
