@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-from fractions import Fraction
 
 import numpy as np
 
@@ -57,12 +56,15 @@ def _magnitude_keys(weight: np.ndarray) -> np.ndarray:
 
 
 def pruned_count(size: int, sparsity: float) -> int:
-    """Return ``floor(size * sparsity)``, taking ``sparsity`` as the decimal number Python prints.
+    """Return ``floor(size * sparsity)``, reading a product within 1e-9 (relative) of an integer as it.
 
-    So 0.29 of 100 elements is 29, although the binary float 0.29 times 100 is 28.999...
+    Binary floats make 0.29 * 100 come out as 28.999..., which would prune 28 instead of 29.
     """
-    exact = Fraction(repr(float(sparsity))) * size
-    return math.floor(exact)
+    product = size * float(sparsity)
+    nearest = round(product)
+    if abs(product - nearest) <= 1e-9 * max(1.0, product):
+        return int(nearest)
+    return math.floor(product)
 
 
 def _smallest(keys: np.ndarray, count: int) -> np.ndarray:

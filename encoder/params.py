@@ -37,7 +37,10 @@ def _frozen(array: np.ndarray | None) -> np.ndarray | None:
     if array is None:
         return None
     # A read-only view: the caller's own array keeps its flags.
-    view = np.ascontiguousarray(array).view()
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:
+        array = array.copy()
+    view = array.view()
     view.setflags(write=False)
     return view
 

@@ -151,15 +151,14 @@ def _blocked(array: np.ndarray, block_sizes: tuple[int, ...]) -> np.ndarray:
 
 def _store_scale(exact: np.ndarray, scale_dtype: np.dtype, name: str) -> np.ndarray:
     """Round fp64 scales up to ``scale_dtype``, raising subnormal results to the smallest normal."""
+    if float(exact.max()) >= float(np.finfo(scale_dtype).max):
+        raise EncodingError(
+            f"{name}: a scale of {float(exact.max()):.6g} overflows {scale_dtype}; use an fp32 scale"
+        )
     stored = exact.astype(scale_dtype)
     too_small = stored.astype(np.float64) < exact
     if too_small.any():
         stored[too_small] = np.nextafter(stored[too_small], scale_dtype.type(np.inf))
-
-    if not np.isfinite(stored).all():
-        raise EncodingError(
-            f"{name}: a scale of {float(exact.max()):.6g} overflows {scale_dtype}; use an fp32 scale"
-        )
 
     smallest_normal = np.finfo(scale_dtype).tiny
     subnormal = stored < smallest_normal
