@@ -26,6 +26,7 @@ __all__ = [
     "normalize_axes",
     "check_rank",
     "check_broadcast",
+    "check_broadcast_shapes",
     "is_float",
 ]
 
@@ -183,11 +184,15 @@ def check_rank(
         )
 
 
-def check_broadcast(op: str, **arrays: np.ndarray) -> tuple[int, ...]:
-    """Return the broadcast shape of the named arrays, or raise ShapeError naming their shapes."""
-    shapes = {name: np.shape(array) for name, array in arrays.items()}
+def check_broadcast_shapes(op: str, **shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """Return the broadcast of the named shapes, or raise ShapeError listing them."""
     try:
         return np.broadcast_shapes(*shapes.values())
     except ValueError:
         listed = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
         raise ShapeError(f"{op}: shapes do not broadcast: {listed}") from None
+
+
+def check_broadcast(op: str, **arrays: np.ndarray) -> tuple[int, ...]:
+    """Return the broadcast shape of the named arrays, or raise ShapeError naming their shapes."""
+    return check_broadcast_shapes(op, **{name: np.shape(a) for name, a in arrays.items()})
