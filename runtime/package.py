@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .blobfile import BlobFile, BlobRecord, check_disjoint
-from .errors import BlobFileError, PackageError, PackagePathError
+from .blobfile import RECORD_SIZE, BlobFile, BlobRecord, check_disjoint
+from .errors import BlobFileError, BlobOverlapError, PackageError, PackagePathError
 from .limits import DEFAULT_MAX_ELEMENTS
 from .values import (
     STRING,
@@ -407,6 +407,8 @@ class _Loader:
         self.max_elements = max_elements
         self.blob_files: dict[Path, BlobFile] = {}
         self.records: dict[Path, dict[int, BlobRecord]] = {}
+        # The first op parameter that references each blob, by file and metadata offset.
+        self.referrers: dict[tuple[Path, int], str] = {}
 
     def close(self) -> None:
         for blob_file in self.blob_files.values():
@@ -496,6 +498,7 @@ class _Loader:
         value = parse_value(proto, where=where, max_elements=self.max_elements, resolve_blob=self.open_blob)
         if isinstance(value, BlobValue):
             self.records.setdefault(value.path, {})[value.offset] = value.record
+            self.referrers.setdefault((value.path, value.offset), where)
         return value
 
     def open_blob(self, file_name: str, where: str) -> BlobFile:
@@ -519,8 +522,30 @@ class _Loader:
         return blob_file
 
     def check_blobs_disjoint(self) -> None:
+        """Check that no two referenced blobs of a file share bytes, naming their parameters."""
         for path, records in self.records.items():
-            check_disjoint(sorted(records.values(), key=lambda record: record.metadata_offset), name=str(path))
+            ordered = sorted(records.values(), key=lambda record: record.metadata_offset)
+            try:
+                check_disjoint(ordered, name=str(path))
+            except BlobOverlapError as err:
+                first, second = _first_overlap(ordered)
+                raise BlobOverlapError(
+                    f"{err} (referenced by {self.referrers[path, first]} and "
+                    f"{self.referrers[path, second]})"
+                ) from err
+
+
+def _first_overlap(records: list[BlobRecord]) -> tuple[int, int]:
+    """Return the metadata offsets of the first two records whose spans share bytes."""
+    spans = []
+    for record in records:
+        spans.append((record.metadata_offset, record.metadata_offset + RECORD_SIZE, record.metadata_offset))
+        spans.append((record.data_offset, record.end, record.metadata_offset))
+    spans.sort()
+    for (_, end_a, owner_a), (start_b, _, owner_b) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            return owner_a, owner_b
+    raise AssertionError("check_disjoint reported an overlap that the spans do not contain")
 
 
 def _op_name(proto: MIL_pb2.Operation, outputs: tuple[NamedType, ...], index: int) -> str:

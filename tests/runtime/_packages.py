@@ -290,3 +290,25 @@ def _load_program(model: ct.models.MLModel):
     from coremltools.models.utils import _apply_graph_pass
 
     return _apply_graph_pass(model, [], return_pymil_prog=True)
+
+
+def build_multifunction(tmp_path_factory) -> Path:
+    """Return a package whose functions ``pruned`` (iOS18 prune) and ``quantized`` (iOS18 uint4
+    per-block quantization) share one weight file; ``quantized`` is the default function."""
+    if "multifunction" in _BUILT:
+        return _BUILT["multifunction"]
+
+    from coremltools.models.utils import MultiFunctionDescriptor, save_multifunction
+
+    descriptor = MultiFunctionDescriptor()
+    descriptor.add_function(str(build_package("ios18_prune", tmp_path_factory)), "main", "pruned")
+    descriptor.add_function(
+        str(build_package("ios18_quantize_uint4_block", tmp_path_factory)), "main", "quantized"
+    )
+    descriptor.default_function_name = "quantized"
+
+    path = tmp_path_factory.mktemp("packages") / "multifunction.mlpackage"
+    with quiet_coremltools():
+        save_multifunction(descriptor, str(path))
+    _BUILT["multifunction"] = path
+    return path

@@ -258,6 +258,25 @@ def test_unknown_function_is_reported(packages):
         package.function("other")
 
 
+def test_multifunction_package_lists_every_function(tmp_path_factory):
+    package = load(_packages.build_multifunction(tmp_path_factory))
+
+    assert sorted(package.functions) == ["pruned", "quantized"]
+    assert package.default_function_name == "quantized"
+    assert package.function().name == "quantized"
+    assert len(package.blob_files) == 1
+
+
+def test_multifunction_functions_keep_their_ops(tmp_path_factory):
+    package = load(_packages.build_multifunction(tmp_path_factory))
+
+    pruned = [op.type for op in package.function("pruned").operations if op.is_constexpr]
+    quantized = [op.type for op in package.function("quantized").operations if op.is_constexpr]
+
+    assert pruned == ["constexpr_sparse_to_dense"] * 2
+    assert quantized == ["constexpr_blockwise_shift_scale"] * 2
+
+
 # --- Manifest.json --------------------------------------------------------------------------
 
 
@@ -461,6 +480,7 @@ def set_file_name(file_name):
         ("@model_path//etc/hostname", "expected a relative path inside the package"),
         ("@model_path/../../../weight.bin", "'..' is not allowed"),
         ("@model_path/weights/../weights/weight.bin", "'..' is not allowed"),
+        ("@model_path/", "expected a relative path inside the package"),
     ],
 )
 def test_blob_path_must_stay_inside(packages, tmp_path, file_name, message):
@@ -562,8 +582,11 @@ def test_overlapping_blobs_are_rejected(packages, tmp_path):
     # The 1024-byte mask payload now starts inside the 8188-byte nonzero_data payload.
     patch_record(package, offsets["mask"], "offset", nonzero_payload + 64)
 
-    with pytest.raises(BlobOverlapError, match="payload of blob at offset .* overlaps payload of blob"):
+    with pytest.raises(BlobOverlapError, match="payload of blob at offset .* overlaps payload of blob") as info:
         load(package)
+
+    assert "input 'nonzero_data'" in str(info.value)
+    assert "input 'mask'" in str(info.value)
 
 
 def test_unknown_blob_dtype_code_is_rejected(packages, tmp_path):

@@ -95,6 +95,19 @@ def test_uncompressed_package_has_no_weights(packages):
     assert load(packages("ios18_plain")).weights() == {}
 
 
+def test_multifunction_weights_match_single_function_packages(packages, tmp_path_factory):
+    pytest.importorskip(REGISTRY)
+    package = load(_packages.build_multifunction(tmp_path_factory))
+
+    for function, recipe in [("pruned", "ios18_prune"), ("quantized", "ios18_quantize_uint4_block")]:
+        expected = load(packages(recipe)).weights()
+        weights = package.weights(function)
+
+        assert list(weights) == list(expected)
+        for key, array in weights.items():
+            assert_bits_equal(array, expected[key], name=f"{function}: {key}")
+
+
 def fixture_packages() -> list:
     index = FIXTURES / "index.json"
     if not index.is_file():
