@@ -383,15 +383,19 @@ def _group_points(layout: _Layout, vectors: np.ndarray, keep: np.ndarray | None,
 
 
 def _unique_nbits(layout, vectors, keep, nbits: int | None) -> int:
+    """Return the index width for unique mode: ``nbits``, or the smallest width that fits."""
     largest = max(_unique_count(_group_points(layout, vectors, keep, g)) for g in range(layout.groups))
-    for width in NBITS:
-        if (nbits is None or width >= nbits) and largest <= 1 << width:
-            return width if nbits is None else nbits
     if nbits is not None:
-        raise EncodingError(
-            f"a group has {largest} distinct values, more than the {1 << nbits} entries of "
-            f"nbits={nbits}; use more bits or mode='kmeans'"
-        )
+        if largest > 1 << nbits:
+            raise EncodingError(
+                f"a group has {largest} distinct values, more than the {1 << nbits} entries of "
+                f"nbits={nbits}; use more bits or mode='kmeans'"
+            )
+        return nbits
+
+    for width in NBITS:
+        if largest <= 1 << width:
+            return width
     raise EncodingError(
         f"a group has {largest} distinct values, more than the 256 entries of 8-bit palettization; "
         "use mode='kmeans'"
