@@ -311,7 +311,8 @@ def load(path: str | os.PathLike, *, max_elements: int = DEFAULT_MAX_ELEMENTS) -
 
 
 def _model_file_from_manifest(root: Path, real_root: Path) -> Path:
-    """Read ``Manifest.json`` and return the root model's file inside ``Data/``."""
+    """Read ``Manifest.json`` and return the root model's file inside ``Data/``, after checking
+    that it resolves to a file inside the package."""
     manifest_path = _resolve_inside(real_root, root / MANIFEST_NAME, what=MANIFEST_NAME)
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -337,9 +338,13 @@ def _model_file_from_manifest(root: Path, real_root: Path) -> Path:
 
     where = f"{manifest_path}: itemInfoEntries[{root_id!r}].path {relative!r}"
     _check_relative(relative, where=where)
-    model_file = _resolve_inside(real_root, root / DATA_DIR / relative, what=where)
-    if not model_file.is_file():
-        raise PackageError(f"{where}: {model_file} is not a file")
+    model_file = root / DATA_DIR / relative
+    resolved = _resolve_inside(real_root, model_file, what=where)
+    if not resolved.is_file():
+        raise PackageError(f"{where}: {resolved} is not a file")
+
+    # @model_path is the directory named by the manifest entry, so the unresolved path is
+    # returned: a symlinked model file does not move it.
     return model_file
 
 
