@@ -90,8 +90,9 @@ def _smallest(keys: np.ndarray, count: int) -> np.ndarray:
 def threshold_mask(weight: np.ndarray, threshold: float, *, name: str = "weight") -> np.ndarray:
     """Mask every element whose magnitude is at most ``threshold``.
 
-    The comparison is inclusive, ``|w| <= threshold`` is pruned, as in Core ML's threshold
-    pruner.
+    The comparison is inclusive, ``|w| <= threshold`` is pruned, and it is made in the weight's
+    dtype, with ``threshold`` rounded to nearest in that dtype, as in Core ML's threshold pruner.
+    So an fp32 weight equal to ``float32(0.1)`` is pruned at threshold 0.1.
 
     Args:
         weight: ``tensor<fp16 or fp32, shape>``, finite.
@@ -107,7 +108,10 @@ def threshold_mask(weight: np.ndarray, threshold: float, *, name: str = "weight"
     if not math.isfinite(threshold) or threshold < 0:
         raise EncodingError(f"threshold={threshold} must be a finite number >= 0")
 
-    return np.abs(weight.astype(np.float64, copy=False)) > float(threshold)
+    largest = float(np.finfo(weight.dtype).max)
+    if threshold >= largest:
+        return np.zeros(weight.shape, dtype=bool)
+    return np.abs(weight) > weight.dtype.type(threshold)
 
 
 def magnitude_mask(weight: np.ndarray, target_sparsity: float, *, name: str = "weight") -> np.ndarray:

@@ -144,12 +144,18 @@ def test_n_m_from_kept_converts_convention():
 @given(weights(), st.floats(0, 50))
 def test_threshold_mask_is_inclusive(weight, threshold):
     keep = threshold_mask(weight, threshold)
-    assert np.array_equal(keep, np.abs(weight.astype(np.float64)) > threshold)
+    cut = float(weight.dtype.type(threshold))
+    assert np.array_equal(keep, np.abs(weight.astype(np.float64)) > cut)
 
 
 def test_threshold_mask_prunes_equal_magnitude():
     weight = np.array([[0.03, -0.03, 0.04]], dtype=np.float32)
-    assert threshold_mask(weight, float(np.float32(0.03))).tolist() == [[False, False, True]]
+    assert threshold_mask(weight, 0.03).tolist() == [[False, False, True]]
+
+
+def test_threshold_above_dtype_range_prunes_all():
+    weight = np.array([[65504.0, -1.0]], dtype=np.float16)
+    assert threshold_mask(weight, 1e6).tolist() == [[False, False]]
 
 
 def test_apply_mask_writes_positive_zero():
