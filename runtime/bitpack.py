@@ -101,17 +101,18 @@ def pack_bits(values: np.ndarray, nbits: int, *, signed: bool = False, name: str
     kind = f"int{nbits}" if signed else f"uint{nbits}"
     low = -(1 << (nbits - 1)) if signed else 0
     high = (1 << (nbits - 1)) - 1 if signed else (1 << nbits) - 1
-    if flat.size:
+    if flat.size and (flat.min() < low or flat.max() > high):
         outside = np.flatnonzero((flat < low) | (flat > high))
-        if outside.size:
-            index = int(outside[0])
-            raise EncodingError(
-                f"{name}: value {flat[index]} at index {index} is outside the {kind} range "
-                f"[{low}, {high}] ({outside.size} values outside)"
-            )
+        index = int(outside[0])
+        raise EncodingError(
+            f"{name}: value {flat[index]} at index {index} is outside the {kind} range "
+            f"[{low}, {high}] ({outside.size} of {flat.size} values are outside it)"
+        )
 
-    # Masking a two's-complement value to nbits bits gives its code.
-    codes = (flat.astype(np.int64) & ((1 << nbits) - 1)).astype(np.uint8)
+    # Casting to uint8 keeps the low 8 bits of two's complement, so masking them to nbits
+    # bits gives each value's code.
+    codes = flat.astype(np.uint8)
+    codes &= np.uint8((1 << nbits) - 1)
     if nbits == 8:
         return codes
     return _pack_codes(codes, nbits)
@@ -180,39 +181,54 @@ def _group_layout(nbits: int) -> tuple[int, int]:
 def _pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
     """Pack ``tensor<uint8, [n]>`` codes below ``2**nbits`` into ``ceil(n*nbits/8)`` bytes."""
     per_group, group_bytes = _group_layout(nbits)
+    word_type = np.uint8 if group_bytes == 1 else np.uint32
     groups = -(-codes.size // per_group)
-    padded = np.zeros(groups * per_group, dtype=np.uint32)
-    padded[: codes.size] = codes
+    padded = np.zeros((groups, per_group), dtype=np.uint8)
+    padded.reshape(-1)[: codes.size] = codes
 
-    # Each group of elements fills at most 24 bits of one uint32 word, first element lowest.
-    words = np.zeros(groups, dtype=np.uint32)
+    # Each group of elements fills one byte, or 24 bits of a uint32 word, first element lowest.
+    words = np.zeros(groups, dtype=word_type)
+    scratch = np.empty(groups, dtype=word_type)
     for position in range(per_group):
-        words |= padded[position::per_group] << np.uint32(position * nbits)
+        np.left_shift(padded[:, position], word_type(position * nbits), out=scratch, dtype=word_type)
+        np.bitwise_or(words, scratch, out=words)
+    if group_bytes == 1:
+        return words[: (codes.size * nbits + 7) // 8]
 
     packed = np.empty((groups, group_bytes), dtype=np.uint8)
     for byte in range(group_bytes):
-        packed[:, byte] = (words >> np.uint32(8 * byte)) & np.uint32(0xFF)
+        packed[:, byte] = words >> np.uint32(8 * byte)
     return packed.reshape(-1)[: (codes.size * nbits + 7) // 8].copy()
 
 
 def _unpack_codes(data: np.ndarray, nbits: int, count: int) -> np.ndarray:
     """Unpack ``count`` codes of ``nbits`` bits from ``ceil(count*nbits/8)`` bytes."""
     per_group, group_bytes = _group_layout(nbits)
+    word_type = np.uint8 if group_bytes == 1 else np.uint32
     groups = -(-count // per_group)
-    padded = np.zeros(groups * group_bytes, dtype=np.uint8)
-    padded[: data.size] = data
-    padded = padded.reshape(groups, group_bytes)
+    if data.size == groups * group_bytes:
+        padded = data.reshape(groups, group_bytes)
+    else:
+        padded = np.zeros((groups, group_bytes), dtype=np.uint8)
+        padded.reshape(-1)[: data.size] = data
 
     # Reassemble each group of bytes into one little-endian word, then cut out the elements.
-    words = np.zeros(groups, dtype=np.uint32)
-    for byte in range(group_bytes):
-        words |= padded[:, byte].astype(np.uint32) << np.uint32(8 * byte)
+    if group_bytes == 1:
+        words = padded[:, 0]
+    else:
+        words = padded[:, 0].astype(np.uint32)
+        for byte in range(1, group_bytes):
+            words |= padded[:, byte].astype(np.uint32) << np.uint32(8 * byte)
 
-    mask = np.uint32((1 << nbits) - 1)
+    mask = word_type((1 << nbits) - 1)
     codes = np.empty((groups, per_group), dtype=np.uint8)
+    scratch = np.empty(groups, dtype=word_type)
     for position in range(per_group):
-        codes[:, position] = (words >> np.uint32(position * nbits)) & mask
-    return codes.reshape(-1)[:count].copy()
+        np.right_shift(words, word_type(position * nbits), out=scratch)
+        np.bitwise_and(scratch, mask, out=scratch)
+        codes[:, position] = scratch
+    codes = codes.reshape(-1)
+    return codes if codes.size == count else codes[:count].copy()
 
 
 def padding_bits_set(packed: np.ndarray, nbits: int, count: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import resource
 import struct
 import tracemalloc
@@ -37,6 +38,7 @@ from sparseblob.runtime.errors import (
     SparseblobError,
     UnknownDtypeError,
 )
+from sparseblob.runtime.limits import element_count
 from sparseblob.verify.compare import assert_bits_equal
 
 BLOB_TYPES = sorted(t.name for t in ELEMENT_TYPES if t.blob_code is not None)
@@ -1065,3 +1067,60 @@ def test_writer_file_mode_matches_coremltools(tmp_path):
     write_coremltools(tmp_path / "theirs.bin", blobs)
 
     assert (tmp_path / "ours.bin").stat().st_mode == (tmp_path / "theirs.bin").stat().st_mode
+
+
+# Element counts of declared shapes.
+
+
+@pytest.mark.parametrize(
+    "shape, count",
+    [
+        ([64, 128], 8192),
+        ((), 1),
+        ([0], 0),
+        ([7, 0, 3], 0),
+        ([2**70, 0], 0),
+        (np.array([2, 3, 4]), 24),
+        ([np.int64(5), np.uint32(2)], 10),
+        ([2**32], 2**32),
+    ],
+)
+def test_element_count_of_valid_shape(shape, count):
+    assert element_count(shape, name="weight") == count
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ([3, -1], "weight: dimension 1 is -1; expected a non-negative integer"),
+        ([2.0, 3], "weight: dimension 0 is 2.0; expected a non-negative integer"),
+        ([True, 3], "weight: dimension 0 is True; expected a non-negative integer"),
+        ([np.bool_(True)], "weight: dimension 0 is"),
+        ([None], "weight: dimension 0 is None"),
+        (5, "weight: shape is 5; expected a sequence of integers"),
+        ("64", "weight: shape is '64'; expected a sequence of integers"),
+    ],
+)
+def test_element_count_of_invalid_shape_raises(shape, message):
+    with pytest.raises(ShapeError, match=re.escape(message)) as raised:
+        element_count(shape, name="weight")
+
+    assert type(raised.value) is ShapeError
+
+
+def test_element_count_over_limit_names_count():
+    message = "weight: shape [1024, 1024, 1025] has 1074790400 elements, which exceeds the limit of 1073741824"
+
+    with pytest.raises(ElementLimitError, match=re.escape(message)):
+        element_count([1024, 1024, 1025], name="weight", max_elements=2**30)
+
+
+def test_element_count_product_beyond_int64_raises():
+    # The product 2**128 would wrap to 0 in int64 arithmetic.
+    with pytest.raises(ElementLimitError, match=f"has {2**128} elements"):
+        element_count([2**64, 2**64], name="weight")
+
+
+def test_element_count_of_many_huge_dimensions_raises():
+    with pytest.raises(ElementLimitError, match=r"has over 2\*\*256 elements"):
+        element_count([2**63] * 10_000, name="weight")
