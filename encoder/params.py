@@ -3,7 +3,8 @@
 Each bundle holds the numpy arrays of one op (or one op chain) exactly as the iOS18 op
 definitions expect them, with sub-byte element types held unpacked, one element per byte, in
 an int8 or uint8 container. ``inputs()`` returns the op's parameters as a dict keyed by MIL
-parameter name, which is what a decoder takes. The iOS16 twins hold the packed form of the older
+parameter name, which is what a decoder takes, and ``dtypes()`` the MIL element type of each
+(``uint4`` for indices held in uint8, for example). The iOS16 twins hold the packed form of the older
 ops; ``to_ios16()`` converts where the older op can express the tensor and raises
 :class:`EncodingError` where it cannot.
 
@@ -54,6 +55,19 @@ def _index_bits(lut: np.ndarray) -> int:
     return int(lut.shape[-2]).bit_length() - 1
 
 
+_MIL_NAMES = {
+    np.dtype(np.float16): "fp16",
+    np.dtype(np.float32): "fp32",
+    np.dtype(np.int8): "int8",
+    np.dtype(np.uint8): "uint8",
+    np.dtype(np.uint32): "uint32",
+}
+
+
+def _mil_name(array: np.ndarray) -> str:
+    return _MIL_NAMES[array.dtype]
+
+
 @dataclass(frozen=True, eq=False)
 class SparseParamsIos16:
     """Parameters of iOS16 ``constexpr_sparse_to_dense``.
@@ -75,6 +89,10 @@ class SparseParamsIos16:
     def inputs(self) -> dict[str, np.ndarray]:
         """Return the op parameters keyed by MIL name."""
         return {"nonzero_data": self.nonzero_data, "mask": self.mask, "shape": self.shape}
+
+    def dtypes(self) -> dict[str, str]:
+        """Return the MIL element type of each parameter."""
+        return {"nonzero_data": _mil_name(self.nonzero_data), "mask": "uint8", "shape": "uint32"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,6 +117,10 @@ class SparseParams:
     def inputs(self) -> dict[str, np.ndarray]:
         """Return the op parameters keyed by MIL name."""
         return {"nonzero_data": self.nonzero_data, "mask": self.mask}
+
+    def dtypes(self) -> dict[str, str]:
+        """Return the MIL element type of each parameter."""
+        return {"nonzero_data": self.nonzero_dtype, "mask": "uint1"}
 
     def to_ios16(self) -> SparseParamsIos16:
         """Return the iOS16 form: the mask packed into bytes plus an explicit shape.
@@ -140,6 +162,10 @@ class LutParamsIos16:
         """Return the op parameters keyed by MIL name."""
         return {"lut": self.lut, "indices": self.indices, "shape": self.shape}
 
+    def dtypes(self) -> dict[str, str]:
+        """Return the MIL element type of each parameter."""
+        return {"lut": _mil_name(self.lut), "indices": "uint8", "shape": "uint32"}
+
 
 @dataclass(frozen=True, eq=False)
 class LutParams:
@@ -171,6 +197,13 @@ class LutParams:
         found = {"indices": self.indices, "lut": self.lut}
         if self.vector_axis is not None:
             found["vector_axis"] = np.int32(self.vector_axis)
+        return found
+
+    def dtypes(self) -> dict[str, str]:
+        """Return the MIL element type of each parameter."""
+        found = {"indices": f"uint{self.nbits}", "lut": _mil_name(self.lut)}
+        if self.vector_axis is not None:
+            found["vector_axis"] = "int32"
         return found
 
     def to_ios16(self) -> LutParamsIos16:
@@ -225,6 +258,15 @@ class QuantParamsIos16:
             "axis": np.int32(self.axis),
         }
 
+    def dtypes(self) -> dict[str, str]:
+        """Return the MIL element type of each parameter."""
+        return {
+            "quantized_data": _mil_name(self.quantized_data),
+            "zero_point": _mil_name(self.zero_point),
+            "scale": _mil_name(self.scale),
+            "axis": "int32",
+        }
+
 
 @dataclass(frozen=True, eq=False)
 class QuantParams:
@@ -252,6 +294,13 @@ class QuantParams:
         found = {"data": self.data, "scale": self.scale}
         if self.offset is not None:
             found["offset"] = self.offset
+        return found
+
+    def dtypes(self) -> dict[str, str]:
+        """Return the MIL element type of each parameter."""
+        found = {"data": self.data_dtype, "scale": _mil_name(self.scale)}
+        if self.offset is not None:
+            found["offset"] = self.data_dtype
         return found
 
     def to_ios16(self) -> QuantParamsIos16:
@@ -332,6 +381,17 @@ class LutToSparseParams:
             found["vector_axis"] = np.int32(self.vector_axis)
         return found
 
+    def dtypes(self) -> dict[str, str]:
+        """Return the MIL element type of each parameter."""
+        found = {
+            "indices_mask": "uint1",
+            "indices_nonzero_data": f"uint{self.nbits}",
+            "lut": _mil_name(self.lut),
+        }
+        if self.vector_axis is not None:
+            found["vector_axis"] = "int32"
+        return found
+
 
 @dataclass(frozen=True, eq=False)
 class SparseShiftScaleParams:
@@ -364,6 +424,13 @@ class SparseShiftScaleParams:
         found = {"data_mask": self.data_mask, "nonzero_data": self.nonzero_data, "scale": self.scale}
         if self.offset is not None:
             found["offset"] = self.offset
+        return found
+
+    def dtypes(self) -> dict[str, str]:
+        """Return the MIL element type of each parameter."""
+        found = {"data_mask": "uint1", "nonzero_data": self.data_dtype, "scale": _mil_name(self.scale)}
+        if self.offset is not None:
+            found["offset"] = self.data_dtype
         return found
 
 
