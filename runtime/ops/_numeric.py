@@ -13,7 +13,7 @@ __all__ = ["convert", "erf"]
 def convert(array: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     """Convert ``array`` to ``dtype`` with defined results for every input value.
 
-    * float to float rounds to nearest even (numpy ``astype``);
+    * float to float rounds to nearest even (numpy ``astype``), and overflows to inf;
     * float to integer truncates toward zero and saturates at the type's range, and NaN becomes 0.
       This is how ARM's FCVTZS instruction converts.
       NOTE: Core ML's own float-to-int rounding is unverified;
@@ -46,7 +46,9 @@ def convert(array: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
             upper = float(np.nextafter(upper, 0.0))
         return np.clip(values, float(info.min), upper).astype(dtype)
 
-    return array.astype(dtype)
+    # A float too large for a narrower float type becomes inf, as IEEE rounding defines.
+    with np.errstate(over="ignore"):
+        return array.astype(dtype)
 
 
 @functools.cache
