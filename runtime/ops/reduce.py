@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._numeric import convert
 from ._params import as_bool, as_str, check_rank, normalize_axes, normalize_axis
 
 __all__ = [
@@ -33,7 +34,12 @@ def _reduce(op: str, function, x: np.ndarray, axes: object, keep_dims: object) -
     keep = as_bool(keep_dims, op=op, param="keep_dims")
     axis = tuple(range(x.ndim)) if axes is None else normalize_axes(axes, x.ndim, op=op)
     with np.errstate(all="ignore"):
-        return np.asarray(function(x, axis=axis, keepdims=keep))
+        result = np.asarray(function(x, axis=axis, keepdims=keep))
+
+    # numpy accumulates int32 in int64; MIL returns x's dtype (an int32 mean truncates).
+    if np.issubdtype(x.dtype, np.integer) and result.dtype != x.dtype:
+        result = convert(result, x.dtype)
+    return result
 
 
 def reduce_mean(
