@@ -1,0 +1,163 @@
+"""Argument checks shared by the decoders, each raising one class from ``runtime.errors``.
+
+Every check takes ``where``, the op type and op name (see :func:`describe`), and ``param``,
+the MIL parameter name, so that each message names the op, the tensor, the value found and
+the value expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import numpy as np
+
+from ..errors import (
+    MaskError,
+    NonFiniteError,
+    ParameterShapeError,
+    ShapeError,
+    SparseblobError,
+    UnknownDtypeError,
+)
+
+__all__ = [
+    "INTEGER_DTYPES",
+    "FLOAT_DTYPES",
+    "describe",
+    "mil_dtype_name",
+    "require_dtype",
+    "require_rank",
+    "require_finite",
+    "integer_scalar",
+    "normalize_axis",
+    "byte_mask",
+    "check_byte_mask",
+    "bits_view",
+]
+
+INTEGER_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+
+# Names of the numpy containers in MIL terms. int4 and uint4 data arrive in int8 and uint8
+# containers, so the container name is what a decoder can report.
+_MIL_NAMES = {
+    np.dtype(np.int8): "int8",
+    np.dtype(np.uint8): "uint8",
+    np.dtype(np.float16): "fp16",
+    np.dtype(np.float32): "fp32",
+    np.dtype(np.bool_): "bool",
+}
+
+
+def describe(op_type: str, name: str) -> str:
+    """Return the prefix of an error message: the op type and the op name."""
+    return f"{op_type} {name!r}"
+
+
+def mil_dtype_name(dtype: np.dtype) -> str:
+    """Return the MIL name of a numpy dtype (``fp16`` for float16), or the numpy name."""
+    return _MIL_NAMES.get(np.dtype(dtype), str(np.dtype(dtype)))
+
+
+def require_dtype(
+    array: np.ndarray, allowed: Collection[np.dtype], *, param: str, where: str
+) -> None:
+    """Raise UnknownDtypeError unless ``array.dtype`` is one of ``allowed``."""
+    if array.dtype not in allowed:
+        expected = ", ".join(mil_dtype_name(dtype) for dtype in allowed)
+        raise UnknownDtypeError(
+            f"{where}: {param} has dtype {mil_dtype_name(array.dtype)}; expected one of {expected}"
+        )
+
+
+def require_rank(
+    array: np.ndarray,
+    ranks: Collection[int],
+    *,
+    param: str,
+    where: str,
+    error: type[SparseblobError] = ShapeError,
+) -> None:
+    """Raise ``error`` unless the rank of ``array`` is one of ``ranks``."""
+    if array.ndim not in ranks:
+        expected = " or ".join(str(rank) for rank in sorted(ranks))
+        raise error(
+            f"{where}: {param} has rank {array.ndim} (shape {list(array.shape)}); expected rank {expected}"
+        )
+
+
+def require_finite(array: np.ndarray, *, param: str, where: str) -> None:
+    """Raise NonFiniteError if a floating-point ``array`` contains NaN or an infinity."""
+    if array.dtype.kind != "f" or array.size == 0:
+        return
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    position = tuple(int(i) for i in np.argwhere(~finite)[0])
+    raise NonFiniteError(
+        f"{where}: {param} contains {array[position]!r} at index {list(position)}; "
+        f"expected only finite values"
+    )
+
+
+def integer_scalar(value: object, *, param: str, where: str) -> int:
+    """Return an integer given as a Python int, a numpy integer or a 0-d integer array."""
+    array = np.asarray(value)
+    if array.ndim != 0:
+        raise ParameterShapeError(
+            f"{where}: {param} has shape {list(array.shape)}; expected an integer scalar"
+        )
+    if array.dtype.kind not in "iu":
+        raise ParameterShapeError(
+            f"{where}: {param} is {value!r} of dtype {array.dtype}; expected an integer scalar"
+        )
+    return int(array)
+
+
+def normalize_axis(axis: int, rank: int, *, param: str, where: str) -> int:
+    """Return ``axis`` in ``[0, rank)`` for an axis given in ``[-rank, rank)``."""
+    if not -rank <= axis < rank:
+        raise ParameterShapeError(
+            f"{where}: {param} is {axis}; expected a value in [{-rank}, {rank}) for rank {rank}"
+        )
+    return axis % rank
+
+
+def byte_mask(mask: np.ndarray, *, param: str, where: str) -> np.ndarray:
+    """Return a uint1 mask held one element per byte as uint8 (a bool mask is viewed, not copied)."""
+    if mask.dtype == np.bool_:
+        return mask.view(np.uint8)
+    require_dtype(mask, (np.dtype(np.uint8),), param=param, where=where)
+    return mask
+
+
+def check_byte_mask(
+    mask: np.ndarray, value_count: int, *, param: str, values_param: str, where: str
+) -> None:
+    """Check that a uint1 mask holds only 0 and 1 and sets as many bits as there are values.
+
+    Raises:
+        MaskError: a mask element is neither 0 nor 1, or the number of ones differs from
+            ``value_count``.
+    """
+    if mask.size and int(mask.max()) > 1:
+        position = tuple(int(i) for i in np.argwhere(mask > 1)[0])
+        raise MaskError(
+            f"{where}: {param} contains {int(mask[position])} at index {list(position)}; "
+            f"expected a uint1 mask of 0 and 1"
+        )
+    ones = int(np.count_nonzero(mask))
+    if ones != value_count:
+        raise MaskError(
+            f"{where}: {param} has {ones} set bits, but {values_param} has {value_count} "
+            f"values; expected one value per set bit"
+        )
+
+
+def bits_view(array: np.ndarray) -> np.ndarray:
+    """Return a flat C-contiguous view of ``array`` as unsigned integers of the same width.
+
+    Copies only when ``array`` is not C-contiguous.
+    """
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return flat.view(np.dtype(f"u{flat.dtype.itemsize}"))

@@ -1,0 +1,244 @@
+"""Vector building blocks of the decode kernels, written as numba intrinsics in LLVM IR.
+
+Each intrinsic emits target-independent LLVM IR on 512-bit vectors. On x86 with AVX-512
+(VBMI2 for 8- and 16-bit elements) LLVM lowers them to single instructions: ``vpexpand*``
+for the mask scatter, ``vperm*`` for the table lookup and ``vcvtps2ph``/``vcvtph2ps`` for
+fp16 conversion. Other targets get an equivalent scalar expansion from LLVM, so results do
+not depend on the machine, only the speed does.
+
+Arrays passed to the vector intrinsics hold raw bits (uint8, uint16 or uint32). The lane
+count of a vector is ``64 // itemsize`` of the output array; kernels step by the same count
+through :func:`vector_lanes`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = [
+    "VECTOR_BYTES",
+    "vector_lanes",
+    "expand_byte_mask",
+    "expand_bit_mask",
+    "lookup_vector",
+    "half_bits",
+    "float32_from_half_bits",
+    "float32_bits",
+    "round_to_half",
+]
+
+VECTOR_BYTES = 64
+
+_I1 = ir.IntType(1)
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+@numba.njit(inline="always")
+def vector_lanes(out: np.ndarray) -> int:
+    """Return the number of elements of ``out`` that one vector intrinsic call writes."""
+    return VECTOR_BYTES // out.itemsize
+
+
+def _lane_count(array_type) -> int:
+    return VECTOR_BYTES * 8 // array_type.dtype.bitwidth
+
+
+def _is_bits_array(array_type) -> bool:
+    return (
+        isinstance(array_type, types.Array)
+        and isinstance(array_type.dtype, types.Integer)
+        and not array_type.dtype.signed
+        and array_type.dtype.bitwidth in (8, 16, 32)
+    )
+
+
+def _is_byte_array(array_type) -> bool:
+    return isinstance(array_type, types.Array) and array_type.dtype == types.uint8
+
+
+def _element_pointer(context, builder, array_type, array, index):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.gep(data, [index])
+
+
+def _popcount(builder, bits, lanes):
+    word = builder.bitcast(bits, ir.IntType(lanes))
+    ctpop = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]), f"llvm.ctpop.i{lanes}"
+    )
+    return builder.zext(builder.call(ctpop, [word]), _I64)
+
+
+def _expand_and_store(context, builder, signature, args, bits, lanes):
+    values_type, _, _, _, out_type = signature.args
+    values, start, _, position, out = args
+    element = context.get_data_type(out_type.dtype)
+    vector = ir.VectorType(element, lanes)
+
+    source = _element_pointer(context, builder, values_type, values, start)
+    expandload = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vector, [element.as_pointer(), ir.VectorType(_I1, lanes), vector]),
+        f"llvm.masked.expandload.v{lanes}i{element.width}",
+    )
+    expanded = builder.call(expandload, [source, bits, ir.Constant(vector, None)])
+
+    target = _element_pointer(context, builder, out_type, out, position)
+    builder.store(expanded, builder.bitcast(target, vector.as_pointer()), align=1)
+    return _popcount(builder, bits, lanes)
+
+
+@intrinsic
+def expand_byte_mask(typingctx, values, start, mask, position, out):
+    """Scatter the next values into one vector of ``out``, where a byte mask is non-zero.
+
+    ``out[position + k]`` for ``k < lanes`` becomes the next unread value of ``values``
+    (reading from ``values[start]`` on) where ``mask[position + k] != 0``, and 0 elsewhere.
+    Only as many values as there are non-zero mask bytes are read. Returns that count.
+    """
+    if not (_is_bits_array(values) and values.dtype == getattr(out, "dtype", None)):
+        return None
+    if not _is_byte_array(mask):
+        return None
+    lanes = _lane_count(out)
+
+    def codegen(context, builder, signature, args):
+        mask_type, position = signature.args[2], args[3]
+        pointer = _element_pointer(context, builder, mask_type, args[2], position)
+        byte_vector = ir.VectorType(_I8, lanes)
+        mask_bytes = builder.load(builder.bitcast(pointer, byte_vector.as_pointer()), align=1)
+        bits = builder.icmp_unsigned("!=", mask_bytes, ir.Constant(byte_vector, None))
+        return _expand_and_store(context, builder, signature, args, bits, lanes)
+
+    return types.int64(values, start, mask, position, out), codegen
+
+
+@intrinsic
+def expand_bit_mask(typingctx, values, start, mask_bits, position, out):
+    """Scatter the next values into one vector of ``out``, where a packed mask bit is set.
+
+    Like :func:`expand_byte_mask`, but the mask is LSB-first packed bits and ``position``
+    must be a multiple of 8: lane ``k`` uses bit ``(position + k) % 8`` of byte
+    ``(position + k) // 8``. Returns the number of values read.
+    """
+    if not (_is_bits_array(values) and values.dtype == getattr(out, "dtype", None)):
+        return None
+    if not _is_byte_array(mask_bits):
+        return None
+    lanes = _lane_count(out)
+
+    def codegen(context, builder, signature, args):
+        mask_type, position = signature.args[2], args[3]
+        byte_index = builder.lshr(position, ir.Constant(position.type, 3))
+        pointer = _element_pointer(context, builder, mask_type, args[2], byte_index)
+        word_type = ir.IntType(lanes)
+        word = builder.load(builder.bitcast(pointer, word_type.as_pointer()), align=1)
+        # On a little-endian target, lane k of the bitcast vector is bit k of the word.
+        bits = builder.bitcast(word, ir.VectorType(_I1, lanes))
+        return _expand_and_store(context, builder, signature, args, bits, lanes)
+
+    return types.int64(values, start, mask_bits, position, out), codegen
+
+
+@intrinsic
+def lookup_vector(typingctx, table, table_start, indices, index_position, out, out_position):
+    """Write one vector ``out[out_position + k] = table[table_start + indices[index_position + k]]``.
+
+    ``table`` must have ``lanes`` readable entries from ``table_start`` on (pad a shorter
+    table), and every index must be below ``lanes``: a larger index gives an undefined lane.
+    """
+    if not (_is_bits_array(table) and table.dtype == getattr(out, "dtype", None)):
+        return None
+    if not _is_byte_array(indices):
+        return None
+    lanes = _lane_count(out)
+
+    def codegen(context, builder, signature, args):
+        table_type, _, indices_type, _, out_type, _ = signature.args
+        table_value, start, indices_value, index_position, out_value, out_position = args
+        element = context.get_data_type(out_type.dtype)
+        vector = ir.VectorType(element, lanes)
+        index_vector = ir.VectorType(_I8, lanes)
+
+        table_pointer = _element_pointer(context, builder, table_type, table_value, start)
+        entries = builder.load(builder.bitcast(table_pointer, vector.as_pointer()), align=1)
+        index_pointer = _element_pointer(context, builder, indices_type, indices_value, index_position)
+        codes = builder.load(builder.bitcast(index_pointer, index_vector.as_pointer()), align=1)
+
+        # A build-vector of extracts at variable positions, which the x86 backend turns into
+        # one variable permute (vpermb/vpermw/vpermd).
+        result = ir.Constant(vector, None)
+        for lane in range(lanes):
+            code = builder.extract_element(codes, ir.Constant(_I32, lane))
+            entry = builder.extract_element(entries, builder.zext(code, _I32))
+            result = builder.insert_element(result, entry, ir.Constant(_I32, lane))
+
+        target = _element_pointer(context, builder, out_type, out_value, out_position)
+        builder.store(result, builder.bitcast(target, vector.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.none(table, table_start, indices, index_position, out, out_position), codegen
+
+
+@intrinsic
+def half_bits(typingctx, value):
+    """Round a float32 to fp16 (round to nearest even) and return its bits as uint16.
+
+    A NaN comes back quiet, as from the hardware conversion.
+    """
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(value), codegen
+
+
+@intrinsic
+def float32_from_half_bits(typingctx, bits):
+    """Widen fp16 bits (uint16) to float32 exactly; a signaling NaN comes back quiet."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def float32_bits(typingctx, value):
+    """Return the bits of a float32 as uint32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], _I32)
+
+    return types.uint32(value), codegen
+
+
+@numba.njit(inline="always")
+def round_to_half(value: np.float32) -> np.float32:
+    """Round a float32 to the nearest fp16 value and return it as float32, the way numpy does.
+
+    numpy's float32-to-float16 cast keeps a NaN's payload bits without quieting it, and maps a
+    payload that would truncate to zero onto the smallest one; the hardware conversion quiets
+    instead. The NaN branch reproduces numpy, so that a later operation sees the same payload.
+    """
+    if value != value:
+        raw = float32_bits(value)
+        sign = np.uint16((raw >> np.uint32(16)) & np.uint32(0x8000))
+        payload = np.uint16((raw & np.uint32(0x007FFFFF)) >> np.uint32(13))
+        if payload == 0:
+            payload = np.uint16(1)
+        return float32_from_half_bits(np.uint16(sign | np.uint16(0x7C00) | payload))
+    return float32_from_half_bits(half_bits(value))

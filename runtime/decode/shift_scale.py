@@ -1,0 +1,418 @@
+"""Decoders of the linear quantization ops: ``(data - offset) * scale``, per block.
+
+- iOS16 ``constexpr_affine_dequantize``: int8 or uint8 ``quantized_data``, a ``scale`` and
+  ``zero_point`` that are scalars or vectors along ``axis``.
+- iOS18 ``constexpr_blockwise_shift_scale``: ``scale`` (and the optional ``offset``) has
+  the rank of ``data`` and divides it into blocks of ``data.shape[k] / scale.shape[k]``
+  along each axis; ``out[i] = (data[i] - offset[i // B]) * scale[i // B]``.
+- iOS18 ``constexpr_sparse_blockwise_shift_scale``: the same for the values of a sparse
+  tensor, each value using the block of its dense position.
+
+The output dtype is the dtype of ``scale``. Integer subtraction never wraps: int8 -128 with
+offset 127 gives -255. The arithmetic rounds exactly where coremltools 9.0's reference
+decompressors round, so results match them bit for bit:
+
+- iOS16: ``q - zero_point`` and the product are float32 operations; the result is then
+  rounded once to the scale dtype.
+- iOS18: ``data`` is first cast to the scale dtype, and each operation then rounds to the
+  numpy result dtype of its operands. With integer data and offset (the forms that
+  coremltools' quantizers write) this is exact float32 arithmetic rounded once. With an
+  fp16 scale, fp32 data is rounded to fp16 before the subtraction, and ``data - offset``
+  is rounded to fp16 when the offset is fp16; an fp32 offset keeps the arithmetic in
+  float32 until the final rounding.
+
+Example (iOS18, per-channel)::
+
+    data   = [[-128, 2], [7, 0]]   tensor<int8, [2, 2]>
+    scale  = [[0.5], [2.0]]        tensor<fp16, [2, 1]>
+    offset = [[127], [1]]          tensor<int8, [2, 1]>
+    output = [[-127.5, -62.5], [12.0, -2.0]]   tensor<fp16, [2, 2]>
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from ..errors import ParameterShapeError, ShapeError, UnknownDtypeError
+from ..limits import DEFAULT_MAX_ELEMENTS, element_count
+from ._blocks import block_layout, next_row, row_bases, row_count
+from ._checks import (
+    FLOAT_DTYPES,
+    INTEGER_DTYPES,
+    bits_view,
+    byte_mask,
+    check_byte_mask,
+    describe,
+    integer_scalar,
+    mil_dtype_name,
+    normalize_axis,
+    require_dtype,
+    require_finite,
+    require_rank,
+)
+from ._simd import float32_from_half_bits, half_bits, round_to_half
+
+__all__ = [
+    "AFFINE_DEQUANTIZE",
+    "BLOCKWISE_SHIFT_SCALE",
+    "SPARSE_BLOCKWISE_SHIFT_SCALE",
+    "affine_dequantize",
+    "blockwise_shift_scale",
+    "sparse_blockwise_shift_scale",
+]
+
+AFFINE_DEQUANTIZE = "constexpr_affine_dequantize"
+BLOCKWISE_SHIFT_SCALE = "constexpr_blockwise_shift_scale"
+SPARSE_BLOCKWISE_SHIFT_SCALE = "constexpr_sparse_blockwise_shift_scale"
+
+_FP16 = np.dtype(np.float16)
+_FP32 = np.dtype(np.float32)
+# SrcT and OffsetT of the iOS18 ops; int4 and uint4 arrive in int8 and uint8 containers.
+_SOURCE_DTYPES = INTEGER_DTYPES + FLOAT_DTYPES
+# ZeroPointT of the iOS16 op.
+_ZERO_POINT_DTYPES = INTEGER_DTYPES + (_FP32,)
+
+
+def _as_float32(value):
+    """Widen one source element to float32 (a uint16 element is the bits of an fp16)."""
+
+
+@overload(_as_float32, inline="always")
+def _as_float32_overload(value):
+    if value == types.uint16:
+        return lambda value: float32_from_half_bits(value)
+    if value == types.float32:
+        return lambda value: value
+    if isinstance(value, types.Integer):
+        return lambda value: np.float32(value)
+    return None
+
+
+def _encode(value, out):
+    """Convert a float32 result to the element type of ``out`` (a uint16 element is the bits of an fp16)."""
+
+
+@overload(_encode, inline="always")
+def _encode_overload(value, out):
+    if out.dtype == types.uint16:
+        return lambda value, out: half_bits(value)
+    if out.dtype == types.float32:
+        return lambda value, out: value
+    return None
+
+
+@numba.njit(inline="always")
+def _dequantize(element, scale, offset, round_data, round_difference):
+    value = _as_float32(element)
+    if round_data:
+        value = round_to_half(value)
+    value = value - offset
+    if round_difference:
+        value = round_to_half(value)
+    return value * scale
+
+
+@numba.njit(nogil=True)
+def _shift_scale_rows(data, scale, offset, out, dims, blocks, param_strides, strides, round_data, round_difference):
+    # Element indices are uint64: numba then skips its negative-index wraparound, which
+    # would keep LLVM from vectorizing the inner loops.
+    last = dims.size - 1
+    length, block, param_step = dims[last], blocks[last], param_strides[last]
+    counter = np.zeros(last, np.int64)
+    exact = not (round_data or round_difference)
+    for _ in range(row_count(dims)):
+        param_base, base = row_bases(counter, blocks, param_strides, strides)
+        for start in range(0, length, block):
+            parameter = param_base + (start // block) * param_step
+            block_scale, block_offset = scale[parameter], offset[parameter]
+            first = base + start
+            count = min(block, length - start)
+            if exact:
+                for k in range(count):
+                    index = np.uint64(first + k)
+                    value = (_as_float32(data[index]) - block_offset) * block_scale
+                    out[index] = _encode(value, out)
+            else:
+                for k in range(count):
+                    index = np.uint64(first + k)
+                    value = _dequantize(data[index], block_scale, block_offset, round_data, round_difference)
+                    out[index] = _encode(value, out)
+        next_row(counter, dims)
+
+
+@numba.njit(nogil=True)
+def _shift_scale_masked_rows(
+    mask, nonzero, scale, offset, values, dims, blocks, param_strides, strides, round_data, round_difference
+):
+    last = dims.size - 1
+    length, block, param_step = dims[last], blocks[last], param_strides[last]
+    counter = np.zeros(last, np.int64)
+    written = 0
+    for _ in range(row_count(dims)):
+        param_base, base = row_bases(counter, blocks, param_strides, strides)
+        for column in range(length):
+            if mask[base + column] != 0:
+                parameter = param_base + (column // block) * param_step
+                value = _dequantize(
+                    nonzero[written], scale[parameter], offset[parameter], round_data, round_difference
+                )
+                values[written] = _encode(value, values)
+                written += 1
+        next_row(counter, dims)
+
+
+def _kernel_view(array: np.ndarray) -> np.ndarray:
+    """Return a flat view the kernels accept: fp16 as uint16 bits, other dtypes unchanged."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return flat.view(np.uint16) if flat.dtype == _FP16 else flat
+
+
+def _run_dense(data, scale, offset, out, groups, round_data, round_difference) -> None:
+    if out.size == 0:
+        return
+    layout = block_layout(data.shape, groups)
+    _shift_scale_rows(
+        _kernel_view(data),
+        scale,
+        offset,
+        _kernel_view(out),
+        layout.dims,
+        layout.blocks,
+        layout.param_strides,
+        layout.strides,
+        round_data,
+        round_difference,
+    )
+
+
+def _parameters(scale: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Return scale and offset as flat float32 arrays; every input dtype converts exactly."""
+    flat_scale = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1)
+    if offset is None:
+        # x - 0.0 == x for every float32 x, -0.0 and NaN payloads included.
+        return flat_scale, np.zeros_like(flat_scale)
+    return flat_scale, np.ascontiguousarray(offset, dtype=np.float32).reshape(-1)
+
+
+def affine_dequantize(
+    quantized_data: np.ndarray,
+    zero_point: np.ndarray,
+    scale: np.ndarray,
+    axis: object,
+    *,
+    name: str = AFFINE_DEQUANTIZE,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> np.ndarray:
+    """Decode the iOS16 ``constexpr_affine_dequantize`` op.
+
+    Shapes:
+        quantized_data: ``tensor<SrcT, [d_0, ..., d_K-1]>``, SrcT uint8 or int8.
+        zero_point: ``tensor<ZeroPointT, []>`` or ``tensor<ZeroPointT, [d_axis]>``,
+            ZeroPointT uint8, int8 or fp32 (not checked against SrcT, as in Core ML).
+        scale: ``tensor<DstT, []>`` or ``tensor<DstT, [d_axis]>``, DstT fp16 or fp32.
+        axis: int32 scalar in ``[-K, K)``.
+        returns: ``tensor<DstT, [d_0, ..., d_K-1]>``,
+            ``DstT((float32(q) - float32(zero_point)) * float32(scale))``.
+
+    Raises:
+        ParameterShapeError: ``axis`` is out of range or not an integer, or ``scale`` or
+            ``zero_point`` is not a scalar or a vector of length ``d_axis``.
+        NonFiniteError: ``scale`` or an fp32 ``zero_point`` is NaN or infinite.
+        ElementLimitError: the output has more than ``max_elements`` elements.
+        UnknownDtypeError: a dtype is not allowed.
+    """
+    where = describe(AFFINE_DEQUANTIZE, name)
+    data = np.asarray(quantized_data)
+    zero_point = np.asarray(zero_point)
+    scale = np.asarray(scale)
+    require_dtype(data, INTEGER_DTYPES, param="quantized_data", where=where)
+    require_dtype(zero_point, _ZERO_POINT_DTYPES, param="zero_point", where=where)
+    require_dtype(scale, FLOAT_DTYPES, param="scale", where=where)
+    axis = integer_scalar(axis, param="axis", where=where)
+    axis = normalize_axis(axis, data.ndim, param="axis", where=where)
+
+    channels = data.shape[axis]
+    for param, array in (("scale", scale), ("zero_point", zero_point)):
+        require_rank(array, (0, 1), param=param, where=where, error=ParameterShapeError)
+        if array.ndim == 1 and array.size != channels:
+            raise ParameterShapeError(
+                f"{where}: {param} has {array.size} elements; expected a scalar or one element "
+                f"per index of quantized_data axis {axis} (size {channels})"
+            )
+    require_finite(scale, param="scale", where=where)
+    require_finite(zero_point, param="zero_point", where=where)
+    element_count(data.shape, name=f"{where}: output", max_elements=max_elements)
+
+    groups = [1] * data.ndim
+    if scale.ndim == 1 or zero_point.ndim == 1:
+        groups[axis] = channels
+    flat_scale, flat_offset = _parameters(
+        np.broadcast_to(scale, (groups[axis],)), np.broadcast_to(zero_point, (groups[axis],))
+    )
+    out = np.empty(data.shape, dtype=scale.dtype)
+    _run_dense(data, flat_scale, flat_offset, out, groups, False, False)
+    return out
+
+
+def _validate_blocks(
+    shape: Sequence[int],
+    source_dtype: np.dtype,
+    scale: np.ndarray,
+    offset: np.ndarray | None,
+    *,
+    data_param: str,
+    where: str,
+) -> None:
+    require_dtype(scale, FLOAT_DTYPES, param="scale", where=where)
+    if scale.ndim != len(shape):
+        raise ParameterShapeError(
+            f"{where}: scale has rank {scale.ndim} (shape {list(scale.shape)}); expected the "
+            f"rank of {data_param}, {len(shape)}"
+        )
+    for axis, (size, blocks) in enumerate(zip(shape, scale.shape)):
+        if blocks < 1 or size % blocks:
+            raise ParameterShapeError(
+                f"{where}: scale has {blocks} blocks along axis {axis} (shape "
+                f"{list(scale.shape)}), which do not divide the {data_param} dimension {size}; "
+                f"expected a divisor"
+            )
+    require_finite(scale, param="scale", where=where)
+    if offset is None:
+        return
+
+    require_dtype(offset, _SOURCE_DTYPES, param="offset", where=where)
+    if offset.shape != scale.shape:
+        raise ParameterShapeError(
+            f"{where}: offset has shape {list(offset.shape)}; expected the shape of scale, "
+            f"{list(scale.shape)}"
+        )
+    if offset.dtype.kind != "f" and offset.dtype != source_dtype:
+        raise UnknownDtypeError(
+            f"{where}: offset has dtype {mil_dtype_name(offset.dtype)}, but {data_param} has "
+            f"dtype {mil_dtype_name(source_dtype)}; expected an integer offset of the data "
+            f"dtype, or fp16 or fp32"
+        )
+    require_finite(offset, param="offset", where=where)
+
+
+def _rounding(source_dtype: np.dtype, scale: np.ndarray, offset: np.ndarray | None) -> tuple[bool, bool]:
+    """Return whether the data and the difference round to fp16 before the product."""
+    to_half = scale.dtype == _FP16
+    round_data = to_half and source_dtype == _FP32
+    round_difference = to_half and offset is not None and offset.dtype == _FP16
+    return round_data, round_difference
+
+
+def blockwise_shift_scale(
+    data: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray | None = None,
+    *,
+    name: str = BLOCKWISE_SHIFT_SCALE,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> np.ndarray:
+    """Decode the iOS18 ``constexpr_blockwise_shift_scale`` op.
+
+    Shapes:
+        data: ``tensor<SrcT, [d_0, ..., d_K-1]>``, K >= 1; SrcT int4, uint4, int8, uint8,
+            fp16 or fp32 (int4 and uint4 in int8 and uint8 containers).
+        scale: ``tensor<DstT, [s_0, ..., s_K-1]>``, ``s_k`` dividing ``d_k``; DstT fp16 or fp32.
+        offset: optional ``tensor<OffsetT, [s_0, ..., s_K-1]>``; an integer offset has the
+            dtype of ``data``, a floating-point offset may be fp16 or fp32.
+        returns: ``tensor<DstT, [d_0, ..., d_K-1]>``.
+
+    Raises:
+        ParameterShapeError: ``scale`` or ``offset`` does not have the rank of ``data`` or
+            does not divide it, or the two differ in shape.
+        NonFiniteError: ``scale`` or a floating-point ``offset`` is NaN or infinite.
+        ShapeError: ``data`` is rank 0.
+        ElementLimitError: the output has more than ``max_elements`` elements.
+        UnknownDtypeError: a dtype is not allowed.
+    """
+    where = describe(BLOCKWISE_SHIFT_SCALE, name)
+    data = np.asarray(data)
+    scale = np.asarray(scale)
+    offset = None if offset is None else np.asarray(offset)
+    require_dtype(data, _SOURCE_DTYPES, param="data", where=where)
+    if data.ndim < 1:
+        raise ShapeError(f"{where}: data has rank 0; expected rank 1 or more")
+    _validate_blocks(data.shape, data.dtype, scale, offset, data_param="data", where=where)
+    element_count(data.shape, name=f"{where}: output", max_elements=max_elements)
+
+    flat_scale, flat_offset = _parameters(scale, offset)
+    round_data, round_difference = _rounding(data.dtype, scale, offset)
+    out = np.empty(data.shape, dtype=scale.dtype)
+    _run_dense(data, flat_scale, flat_offset, out, scale.shape, round_data, round_difference)
+    return out
+
+
+def sparse_blockwise_shift_scale(
+    data_mask: np.ndarray,
+    nonzero_data: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray | None = None,
+    *,
+    name: str = SPARSE_BLOCKWISE_SHIFT_SCALE,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the iOS18 ``constexpr_sparse_blockwise_shift_scale`` op.
+
+    Shapes:
+        data_mask: ``tensor<uint1, [d_0, ..., d_K-1]>`` as uint8 (or bool), K >= 1.
+        nonzero_data: ``tensor<SrcT, [D]>``, D = number of ones in ``data_mask``.
+        scale, offset: as for :func:`blockwise_shift_scale`, over the dense shape.
+        returns: ``(data_mask, values)``: the mask itself (a uint8 view of a bool mask, not
+            a copy) and ``tensor<DstT, [D]>``, value j using the block of the j-th set
+            position in C order.
+
+    Raises:
+        MaskError: a mask element is not 0 or 1, or the mask has not D ones.
+        ParameterShapeError: as for :func:`blockwise_shift_scale`, against the mask shape.
+        NonFiniteError: ``scale`` or a floating-point ``offset`` is NaN or infinite.
+        ShapeError: the mask is rank 0 or ``nonzero_data`` is not rank 1.
+        ElementLimitError: the mask has more than ``max_elements`` elements.
+        UnknownDtypeError: a dtype is not allowed.
+    """
+    where = describe(SPARSE_BLOCKWISE_SHIFT_SCALE, name)
+    mask = byte_mask(np.asarray(data_mask), param="data_mask", where=where)
+    nonzero = np.asarray(nonzero_data)
+    scale = np.asarray(scale)
+    offset = None if offset is None else np.asarray(offset)
+    if mask.ndim < 1:
+        raise ShapeError(f"{where}: data_mask has rank 0; expected rank 1 or more")
+    require_dtype(nonzero, _SOURCE_DTYPES, param="nonzero_data", where=where)
+    require_rank(nonzero, (1,), param="nonzero_data", where=where)
+    _validate_blocks(mask.shape, nonzero.dtype, scale, offset, data_param="data_mask", where=where)
+    element_count(mask.shape, name=f"{where}: data_mask", max_elements=max_elements)
+    check_byte_mask(mask, nonzero.size, param="data_mask", values_param="nonzero_data", where=where)
+
+    flat_scale, flat_offset = _parameters(scale, offset)
+    round_data, round_difference = _rounding(nonzero.dtype, scale, offset)
+    values = np.empty(nonzero.size, dtype=scale.dtype)
+    if values.size == 0:
+        return mask, values
+    if flat_scale.size == 1:
+        # One block: every value uses the same parameters, whatever its position.
+        _run_dense(nonzero, flat_scale, flat_offset, values, (1,), round_data, round_difference)
+        return mask, values
+
+    layout = block_layout(mask.shape, scale.shape)
+    _shift_scale_masked_rows(
+        np.ascontiguousarray(mask).reshape(-1),
+        _kernel_view(nonzero),
+        flat_scale,
+        flat_offset,
+        _kernel_view(values),
+        layout.dims,
+        layout.blocks,
+        layout.param_strides,
+        layout.strides,
+        round_data,
+        round_difference,
+    )
+    return mask, values
