@@ -1,0 +1,348 @@
+"""Compiled loops of the sparse kernels.
+
+Two families:
+
+- ``*_gemv`` streaming kernels (AVX-512 only, see :mod:`._simd`) compute ``y = W x`` for one
+  token directly from the compressed layout. They read each mask and stored value once and
+  decode 16 values per step.
+- ``*_decode_*`` kernels write rows of the decoded fp32 weight into a buffer, so that callers
+  can multiply cache-sized tiles with BLAS. The ``*_decode_simd`` variants need AVX-512; the
+  ``*_decode_scalar`` variants compile everywhere and handle every group layout.
+
+All kernels take the value payload as the same run of arguments, ``mode, data16, data32,
+codes, table, width, scale, offset, round_fp16`` (see :class:`.formats.Payload`), and the
+group map as ``row_group`` plus ``chunk_group`` or ``column_group``. The group of a value is
+``row_group[r] + column_group[c]``.
+
+Compiled with ``cache=False``: nothing is written to disk, and the first call of each kernel
+compiles it (about a second per kernel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._simd import (
+    LANES,
+    half_to_float,
+    popcount,
+    round_to_half,
+    trailing_zeros,
+    vexpand,
+    vfma,
+    vgather,
+    vhsum,
+    vload,
+    vload_f16,
+    vload_i8,
+    vload_index,
+    vload_pieces,
+    vload_u8,
+    vmul,
+    vpermute,
+    vround_f16,
+    vsplat,
+    vsplat_pieces,
+    vstore,
+    vstore_folded,
+    vsub,
+    vzero,
+    vadd,
+)
+from .formats import AFFINE_INT8, FLOAT16, FLOAT32, LUT, LUT16
+
+# Reassociation lets LLVM split the accumulations; NaN and infinity keep IEEE semantics.
+_FASTMATH = {"contract", "reassoc"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Value decoding
+
+
+@njit(cache=False, inline="always")
+def _value(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, g):
+    """Decode stored value ``p`` of group ``g`` to fp32."""
+    if mode == FLOAT16:
+        return half_to_float(data16[p])
+    if mode == FLOAT32:
+        return data32[p]
+    if mode == LUT16 or mode == LUT:
+        return table[g * width + np.int64(codes[p])]
+    if mode == AFFINE_INT8:
+        code = np.float32(np.int8(codes[p]))
+    else:
+        code = np.float32(codes[p])
+    value = (code - offset[g]) * scale[g]
+    if round_fp16:
+        value = round_to_half(value)
+    return value
+
+
+@njit(cache=False, inline="always")
+def _vector(mode, data16, data32, codes, p, table_vector, table, gather_base, offset_vector, scale_vector, round_fp16):
+    """Decode stored values ``p .. p+15`` with per-lane group operands."""
+    if mode == FLOAT16:
+        return vload_f16(data16, p)
+    if mode == FLOAT32:
+        return vload(data32, p)
+    if mode == LUT16:
+        return vpermute(table_vector, vload_index(codes, p))
+    if mode == LUT:
+        return vgather(table, gather_base, vload_index(codes, p))
+    if mode == AFFINE_INT8:
+        code = vload_i8(codes, p)
+    else:
+        code = vload_u8(codes, p)
+    value = vmul(vsub(code, offset_vector), scale_vector)
+    if round_fp16:
+        value = vround_f16(value)
+    return value
+
+
+@njit(cache=False, inline="always")
+def _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, g):
+    """Decode stored values ``p .. p+15``, all of group ``g``."""
+    if mode == LUT16:
+        return vpermute(vload(table, g * LANES), vload_index(codes, p))
+    if mode == LUT:
+        return vgather(table, g * width, vload_index(codes, p))
+    if mode == FLOAT16 or mode == FLOAT32:
+        return _vector(mode, data16, data32, codes, p, vzero(), table, 0, vzero(), vzero(), round_fp16)
+    return _vector(mode, data16, data32, codes, p, vzero(), table, 0, vsplat(offset[g]), vsplat(scale[g]), round_fp16)
+
+
+@njit(cache=False, inline="always")
+def _low_lanes(count):
+    """Mask with the low ``count`` of 16 bits set."""
+    return np.uint32((1 << count) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bitmask layout
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=False)
+def bitmask_gemv(
+    chunk_masks, row_start, n_chunks, row_group, chunk_group,
+    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    x, y,
+):  # fmt: skip
+    """``y[r] = sum_c W[r, c] * x[c]`` for x of ``n_chunks * 16`` columns (AVX-512)."""
+    rows = row_start.size - 1
+    for r in prange(rows):
+        p = row_start[r]
+        base = r * n_chunks
+        row_base = row_group[r]
+        acc0 = vzero()
+        acc1 = vzero()
+        pairs = n_chunks // 2
+        for pair in range(pairs):
+            k = 2 * pair
+            mask0 = chunk_masks[base + k]
+            mask1 = chunk_masks[base + k + 1]
+            value0 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + chunk_group[k])
+            p += popcount(mask0)
+            value1 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + chunk_group[k + 1])
+            p += popcount(mask1)
+            acc0 = vfma(vexpand(value0, mask0), vload(x, k * LANES), acc0)
+            acc1 = vfma(vexpand(value1, mask1), vload(x, k * LANES + LANES), acc1)
+        if n_chunks % 2 == 1:
+            k = n_chunks - 1
+            mask0 = chunk_masks[base + k]
+            value0 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + chunk_group[k])
+            acc0 = vfma(vexpand(value0, mask0), vload(x, k * LANES), acc0)
+        y[r] = vhsum(vadd(acc0, acc1))
+
+
+@njit(parallel=True, cache=False)
+def bitmask_decode_simd(
+    chunk_masks, row_start, n_chunks, row_group, chunk_group,
+    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    first_row, out,
+):  # fmt: skip
+    """Write rows ``first_row ..`` of the decoded weight to ``out`` (AVX-512).
+
+    ``out`` is the flat view of a ``[n, n_chunks * 16]`` fp32 buffer; every element is written.
+    """
+    columns_padded = n_chunks * LANES
+    n = out.size // columns_padded if columns_padded else 0
+    for i in prange(n):
+        r = first_row + i
+        p = row_start[r]
+        base = r * n_chunks
+        row_base = row_group[r]
+        for k in range(n_chunks):
+            mask = chunk_masks[base + k]
+            value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + chunk_group[k])
+            p += popcount(mask)
+            vstore(out, i * columns_padded + k * LANES, vexpand(value, mask))
+
+
+@njit(parallel=True, cache=False)
+def bitmask_decode_scalar(
+    chunk_masks, row_start, n_chunks, row_group, column_group,
+    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    first_row, out,
+):  # fmt: skip
+    """Write rows ``first_row ..`` of the decoded weight to ``out`` ``[n, n_chunks * 16]``."""
+    for i in prange(out.shape[0]):
+        r = first_row + i
+        out[i, :] = 0.0
+        p = row_start[r]
+        row_base = row_group[r]
+        for k in range(n_chunks):
+            mask = np.uint32(chunk_masks[r * n_chunks + k])
+            while mask != 0:
+                c = k * LANES + trailing_zeros(mask)
+                out[i, c] = _value(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + column_group[c])
+                p += 1
+                mask &= mask - np.uint32(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Row-block layout
+
+
+def _make_row_blocks_gemv(block: int):
+    per_step = LANES // block
+
+    @njit(parallel=True, fastmath=_FASTMATH, cache=False)
+    def row_blocks_gemv(
+        kept_columns, block_start, block_group, lane_scale, lane_offset,
+        mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+        x, y,
+    ):  # fmt: skip
+        """``y[r] = sum_c W[r, c] * x[c]`` for blocks of ``block`` rows (AVX-512).
+
+        ``y`` has ``n_row_blocks * block`` entries. ``block_group`` is the single LUT group of
+        each row block; ``lane_scale``/``lane_offset`` hold 16 lanes per row block, lane
+        ``j * block + i`` for row i of the block.
+        """
+        n_blocks = block_start.size - 1
+        for rb in prange(n_blocks):
+            first = block_start[rb]
+            count = block_start[rb + 1] - first
+            group = block_group[rb]
+            table_vector = vzero()
+            offset_vector = vzero()
+            scale_vector = vzero()
+            if mode == LUT16:
+                table_vector = vload(table, group * LANES)
+            elif mode > LUT:
+                offset_vector = vload(lane_offset, rb * LANES)
+                scale_vector = vload(lane_scale, rb * LANES)
+            acc = vzero()
+            for step in range(0, count, per_step):
+                entry = first + step
+                value = _vector(mode, data16, data32, codes, entry * block, table_vector, table, group * width, offset_vector, scale_vector, round_fp16)
+                if count - step < per_step:
+                    value = vexpand(value, _low_lanes((count - step) * block))
+                acc = vfma(value, vsplat_pieces(x, kept_columns, entry, block), acc)
+            vstore_folded(y, rb * block, acc, block)
+
+    return row_blocks_gemv
+
+
+@njit(parallel=True, cache=False)
+def row_blocks_decode_scalar(
+    block, kept_columns, block_start, rows, row_group, column_group,
+    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    first_block, out,
+):  # fmt: skip
+    """Write the rows of blocks ``first_block ..`` to ``out`` ``[n_blocks * block, columns]``."""
+    n_blocks = out.shape[0] // block
+    for i in prange(n_blocks):
+        rb = first_block + i
+        for lane in range(block):
+            out[i * block + lane, :] = 0.0
+        for entry in range(block_start[rb], block_start[rb + 1]):
+            c = kept_columns[entry]
+            for lane in range(block):
+                r = rb * block + lane
+                if r < rows:
+                    p = entry * block + lane
+                    out[i * block + lane, c] = _value(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_group[r] + column_group[c])
+
+
+# ---------------------------------------------------------------------------------------------
+# Column-block layout
+
+
+def _make_column_blocks_gemv(block: int):
+    per_step = LANES // block
+
+    @njit(parallel=True, fastmath=_FASTMATH, cache=False)
+    def column_blocks_gemv(
+        block_columns, row_start, row_group,
+        mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+        x, y,
+    ):  # fmt: skip
+        """``y[r] = sum_c W[r, c] * x[c]`` for rows of blocks of ``block`` columns (AVX-512).
+
+        Groups must depend on the row only.
+        """
+        rows = row_start.size - 1
+        for r in prange(rows):
+            first = row_start[r]
+            count = row_start[r + 1] - first
+            group = row_group[r]
+            acc0 = vzero()
+            acc1 = vzero()
+            step = 0
+            while step + 2 * per_step <= count:
+                entry = first + step
+                value0 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, entry * block, group)
+                value1 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, (entry + per_step) * block, group)
+                acc0 = vfma(value0, vload_pieces(x, block_columns, entry, block), acc0)
+                acc1 = vfma(value1, vload_pieces(x, block_columns, entry + per_step, block), acc1)
+                step += 2 * per_step
+            while step < count:
+                entry = first + step
+                value0 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, entry * block, group)
+                if count - step < per_step:
+                    value0 = vexpand(value0, _low_lanes((count - step) * block))
+                acc0 = vfma(value0, vload_pieces(x, block_columns, entry, block), acc0)
+                step += per_step
+            y[r] = vhsum(vadd(acc0, acc1))
+
+    return column_blocks_gemv
+
+
+@njit(parallel=True, cache=False)
+def column_blocks_decode_scalar(
+    block, block_columns, row_start, columns, row_group, column_group,
+    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    first_row, out,
+):  # fmt: skip
+    """Write rows ``first_row ..`` of the decoded weight to ``out`` ``[n, columns_padded]``."""
+    for i in prange(out.shape[0]):
+        r = first_row + i
+        out[i, :] = 0.0
+        row_base = row_group[r]
+        for entry in range(row_start[r], row_start[r + 1]):
+            start = block_columns[entry]
+            for lane in range(block):
+                c = start + lane
+                if c < columns:
+                    p = entry * block + lane
+                    out[i, c] = _value(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + column_group[c])
+
+
+BLOCK_WIDTHS = (2, 4, 8, 16)
+_ROW_BLOCK_GEMV = {}
+_COLUMN_BLOCK_GEMV = {}
+
+
+def row_blocks_gemv(block: int):
+    """Return the compiled row-block streaming kernel for ``block`` in :data:`BLOCK_WIDTHS`."""
+    if block not in _ROW_BLOCK_GEMV:
+        _ROW_BLOCK_GEMV[block] = _make_row_blocks_gemv(block)
+    return _ROW_BLOCK_GEMV[block]
+
+
+def column_blocks_gemv(block: int):
+    """Return the compiled column-block streaming kernel for ``block`` in :data:`BLOCK_WIDTHS`."""
+    if block not in _COLUMN_BLOCK_GEMV:
+        _COLUMN_BLOCK_GEMV[block] = _make_column_blocks_gemv(block)
+    return _COLUMN_BLOCK_GEMV[block]
