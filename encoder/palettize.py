@@ -347,8 +347,10 @@ def _fit_group(points: np.ndarray, mode: str, nbits: int, dtype: np.dtype) -> tu
             return lut, np.zeros(values.size, dtype=np.int64)
         steps = size - 1
         lut[:, 0] = (low + np.arange(size) * ((high - low) / steps)).astype(dtype)
-        indices = np.round((values - low) / (high - low) * steps).astype(np.int64)
-        return lut, indices
+        values -= low
+        values /= high - low
+        values *= steps
+        return lut, np.rint(values, out=values).astype(np.uint8)
 
     if points.shape[1] == 1:
         distinct, counts, _ = _distinct_scalars(np.ascontiguousarray(points[:, 0]))
@@ -376,9 +378,13 @@ def _check_nbits(nbits, mode: str) -> int | None:
 
 
 def _group_points(layout: _Layout, vectors: np.ndarray, keep: np.ndarray | None, g: int) -> np.ndarray:
+    """Return the kept vectors of group ``g`` in C order, ``[n, cluster_dim]``."""
     group_vectors = layout.group(vectors, g)
     if keep is None:
         return group_vectors.reshape(-1, layout.cluster_dim)
+    if layout.cluster_dim == 1:
+        # A 1-D selection is much faster than selecting rows of an [..., 1] array.
+        return group_vectors[..., 0][layout.group(keep, g)][:, None]
     return group_vectors[layout.group(keep, g)]
 
 
@@ -402,6 +408,35 @@ def _unique_nbits(layout, vectors, keep, nbits: int | None) -> int:
     )
 
 
+class _Palettized:
+    """The result of :func:`_palettize_core`: the LUT and each group's indices."""
+
+    def __init__(self, layout: _Layout, lut: np.ndarray, keep, group_indices: list, extra):
+        self.layout = layout
+        self.lut = lut
+        self.keep = keep
+        self.group_indices = group_indices
+        self.extra = extra
+
+    def dense_indices(self) -> np.ndarray:
+        """Return ``tensor<uint8, indices_shape>``, 0 where no vector is kept."""
+        indices = np.zeros(self.layout.indices_shape, dtype=np.uint8)
+        for g, found in enumerate(self.group_indices):
+            target = self.layout.group(indices, g)
+            if self.keep is None:
+                target[...] = found.reshape(target.shape)
+            else:
+                target[self.layout.group(self.keep, g)] = found
+        return indices
+
+    def nonzero_indices(self) -> np.ndarray:
+        """Return ``tensor<uint8, [count(keep)]>``: the indices of the kept vectors in C order."""
+        if self.layout.channel_axis == 0 or self.layout.groups == 1:
+            # Groups are consecutive runs of the first axis, so their C orders concatenate.
+            return np.concatenate(self.group_indices).astype(np.uint8)
+        return self.dense_indices()[self.keep]
+
+
 def _palettize_core(
     weight: np.ndarray,
     keep_elements: np.ndarray | None,
@@ -409,15 +444,12 @@ def _palettize_core(
     mode: str,
     layout: _Layout,
     lut_transform=None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, object]:
-    """Palettize ``weight``, fitting each group on the vectors where ``keep`` is set.
+) -> _Palettized:
+    """Palettize ``weight``, fitting each group on the vectors where ``keep_elements`` is set.
 
-    ``lut_transform``, when given, maps the fitted LUT tensor to ``(effective_lut, extra)``;
-    indices are then reassigned to the nearest entries of the effective LUT.
-
-    Returns:
-        ``(indices, lut, keep, extra)``: ``indices`` ``tensor<uint8, indices_shape>`` (0 where
-        not kept), the effective LUT, the vector keep mask (None when dense) and ``extra``.
+    ``lut_transform``, when given, maps the fitted LUT tensor to ``(effective_lut, extra)``, and
+    the indices are then reassigned to the nearest entries of the effective LUT. A vector is kept
+    when any of its elements is.
     """
     nbits = _check_nbits(nbits, mode)
     if mode == "uniform" and layout.cluster_dim > 1:
@@ -426,34 +458,25 @@ def _palettize_core(
     vectors = layout.vectors(weight)
     keep = None
     if keep_elements is not None:
-        keep = layout.vectors(keep_elements).any(axis=-1)
+        keep = keep_elements if layout.cluster_dim == 1 else layout.vectors(keep_elements).any(axis=-1)
     if mode == "unique":
         nbits = _unique_nbits(layout, vectors, keep, nbits)
 
     lut = np.zeros(layout.lut_shape(nbits), dtype=weight.dtype)
-    indices = np.zeros(layout.indices_shape, dtype=np.uint8)
+    group_indices = []
     for g in range(layout.groups):
         points = _group_points(layout, vectors, keep, g)
-        group_lut, group_indices = _fit_group(points, mode, nbits, weight.dtype)
+        group_lut, found = _fit_group(points, mode, nbits, weight.dtype)
         layout.lut_group(lut, g)[...] = group_lut
-        _scatter(layout, indices, keep, g, group_indices)
+        group_indices.append(found.astype(np.uint8))
 
     extra = None
     if lut_transform is not None:
         lut, extra = lut_transform(lut)
         for g in range(layout.groups):
             points = _group_points(layout, vectors, keep, g)
-            if points.shape[0]:
-                _scatter(layout, indices, keep, g, _nearest(points, layout.lut_group(lut, g)))
-    return indices, lut, keep, extra
-
-
-def _scatter(layout: _Layout, indices: np.ndarray, keep, g: int, group_indices: np.ndarray) -> None:
-    target = layout.group(indices, g)
-    if keep is None:
-        target[...] = group_indices.reshape(target.shape)
-    else:
-        target[layout.group(keep, g)] = group_indices
+            group_indices[g] = _nearest(points, layout.lut_group(lut, g)).astype(np.uint8)
+    return _Palettized(layout, lut, keep, group_indices, extra)
 
 
 def palettize_weight(
@@ -490,8 +513,8 @@ def palettize_weight(
     """
     weight = as_weight(weight, name)
     layout = _Layout(weight.shape, group_size, channel_axis, cluster_dim, vector_axis)
-    indices, lut, _, _ = _palettize_core(weight, None, nbits, mode, layout)
-    return LutParams(indices=indices, lut=lut, vector_axis=_vector_axis(layout))
+    result = _palettize_core(weight, None, nbits, mode, layout)
+    return LutParams(indices=result.dense_indices(), lut=result.lut, vector_axis=_vector_axis(layout))
 
 
 def palettize_nonzero(
@@ -521,11 +544,11 @@ def palettize_nonzero(
     """
     weight = as_weight(weight, name)
     layout = _Layout(weight.shape, group_size, channel_axis, cluster_dim, vector_axis)
-    indices, lut, keep, _ = _palettize_core(weight, weight != 0, nbits, mode, layout)
+    result = _palettize_core(weight, weight != 0, nbits, mode, layout)
     return LutToSparseParams(
-        indices_mask=keep.view(np.uint8),
-        indices_nonzero_data=indices[keep],
-        lut=lut,
+        indices_mask=result.keep.view(np.uint8),
+        indices_nonzero_data=result.nonzero_indices(),
+        lut=result.lut,
         vector_axis=_vector_axis(layout),
     )
 
@@ -569,19 +592,17 @@ def palettize_quantized_lut(
         return dequantize(params.data, params.scale, params.offset), params
 
     keep_elements = weight != 0 if nonzero_only else None
-    indices, lut, keep, lut_quant = _palettize_core(
-        weight, keep_elements, nbits, mode, layout, lut_transform=quantize_lut
-    )
+    result = _palettize_core(weight, keep_elements, nbits, mode, layout, lut_transform=quantize_lut)
     if nonzero_only:
         palettized = LutToSparseParams(
-            indices_mask=keep.view(np.uint8),
-            indices_nonzero_data=indices[keep],
-            lut=lut,
+            indices_mask=result.keep.view(np.uint8),
+            indices_nonzero_data=result.nonzero_indices(),
+            lut=result.lut,
             vector_axis=_vector_axis(layout),
         )
     else:
-        palettized = LutParams(indices=indices, lut=lut, vector_axis=_vector_axis(layout))
-    return QuantizedLutParams(lut_quant=lut_quant, palettized=palettized)
+        palettized = LutParams(indices=result.dense_indices(), lut=result.lut, vector_axis=_vector_axis(layout))
+    return QuantizedLutParams(lut_quant=result.extra, palettized=palettized)
 
 
 def palettize_scaled(
@@ -620,8 +641,8 @@ def palettize_scaled(
     scale = _store_scale(largest, weight.dtype, f"{name} scale")
     normalized = (weight.astype(np.float64) / scale.astype(np.float64)).astype(weight.dtype)
 
-    indices, lut, _, _ = _palettize_core(normalized, None, nbits, mode, layout)
-    palettized = LutParams(indices=indices, lut=lut, vector_axis=_vector_axis(layout))
+    result = _palettize_core(normalized, None, nbits, mode, layout)
+    palettized = LutParams(indices=result.dense_indices(), lut=result.lut, vector_axis=_vector_axis(layout))
     return ScaledLutParams(palettized=palettized, scale=scale)
 
 

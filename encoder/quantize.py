@@ -18,8 +18,8 @@ Then ``data = clip(round(w / scale) + offset, qmin, qmax)``, rounding half to ev
 
 Where this differs from Core ML's quantizer, and why:
 
-- Statistics are computed in fp64 and the scale is rounded *up* to its dtype, and ``data`` is
-  computed from the stored scale. So no value is clipped and every decoded value lies within
+- The scale is computed in fp64 and rounded *up* to its dtype, and ``data`` is computed from
+  the stored scale. So no value is clipped and every decoded value lies within
   half a step of the input (plus the rounding of the decoded value to the scale dtype).
 - A block whose values are all zero (or, for :func:`quantize_nonzero`, that has no kept value)
   gets scale 1 and decodes to exactly 0; Core ML divides 0 by 0 there.
@@ -175,36 +175,33 @@ def _store_scale(exact: np.ndarray, scale_dtype: np.dtype, name: str) -> np.ndar
 
 def _fit(
     weight: np.ndarray,
-    keep: np.ndarray | None,
     dtype: str,
     mode: str,
     block_sizes: tuple[int, ...],
     scale_dtype: np.dtype,
     name: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Quantize ``weight`` blockwise, fitting each block on the elements where ``keep`` is set.
+    """Quantize ``weight`` blockwise.
+
+    Both modes see only ``max|w|`` or the range widened to include 0, so zeros in a block never
+    change its scale or offset: fitting a pruned weight here is the same as fitting only its
+    nonzero values.
 
     Returns:
-        ``data`` (``tensor<container, shape>``, every element quantized), ``scale`` and
-        ``offset`` (``tensor<..., S>``, ``offset`` None for signed symmetric).
+        ``data`` (``tensor<container, shape>``), ``scale`` and ``offset`` (``tensor<..., S>``,
+        ``offset`` None for signed symmetric).
     """
     qmin, qmax = quant_range(dtype, mode)
     element = by_name(dtype)
-    blocked = _blocked(weight, block_sizes)
-    in_block = tuple(range(1, blocked.ndim, 2))
 
-    # Statistics in fp64; elements outside keep do not count, and empty blocks see 0.
-    wide = blocked.astype(np.float64)
-    if keep is None:
-        low = wide.min(axis=in_block, keepdims=True)
-        high = wide.max(axis=in_block, keepdims=True)
-    else:
-        keep_blocked = _blocked(keep, block_sizes)
-        low = np.where(keep_blocked, wide, np.inf).min(axis=in_block, keepdims=True)
-        high = np.where(keep_blocked, wide, -np.inf).max(axis=in_block, keepdims=True)
-        empty = np.isinf(low)
-        low[empty] = 0.0
-        high[empty] = 0.0
+    # With an fp16 scale, w / scale in fp32 rounds to the same integer as the exact quotient:
+    # the quotient of two values with short significands is either exactly a half-integer or
+    # further from one than fp32's rounding error. An fp32 scale needs fp64.
+    compute = np.float32 if scale_dtype == np.float16 else np.float64
+    blocked = _blocked(weight.astype(compute, copy=False), block_sizes)
+    in_block = tuple(range(1, blocked.ndim, 2))
+    low = blocked.min(axis=in_block, keepdims=True).astype(np.float64)
+    high = blocked.max(axis=in_block, keepdims=True).astype(np.float64)
 
     if mode == "symmetric":
         exact = 2.0 * np.maximum(-low, high) / (qmax - qmin)
@@ -220,11 +217,13 @@ def _fit(
     if mode == "symmetric":
         offset = None if element.signed else np.full(step.shape, (qmax + qmin) // 2, dtype=np.float64)
     else:
-        offset = np.clip(np.round(qmin - low / step), qmin, qmax)
+        offset = np.clip(np.rint(qmin - low / step), qmin, qmax)
 
-    codes = np.round(wide / step)
+    # rint rounds half to even, as Core ML's quantizer does.
+    codes = blocked / step.astype(compute)
+    np.rint(codes, out=codes)
     if offset is not None:
-        codes += offset
+        codes += offset.astype(compute)
     np.clip(codes, qmin, qmax, out=codes)
 
     shape_s = tuple(dim // size for dim, size in zip(weight.shape, block_sizes))
@@ -287,7 +286,7 @@ def quantize_weight(
         weight, dtype, mode, granularity, channel_axis, block_size, block_axis, block_sizes,
         scale_dtype, name,
     )
-    data, scale, offset = _fit(weight, None, dtype, mode, sizes, scale_np, name)
+    data, scale, offset = _fit(weight, dtype, mode, sizes, scale_np, name)
     return QuantParams(data=data, scale=scale, offset=offset, data_dtype=dtype)
 
 
@@ -325,7 +324,7 @@ def quantize_nonzero(
         scale_dtype, name,
     )
     keep = weight != 0
-    data, scale, offset = _fit(weight, keep, dtype, mode, sizes, scale_np, name)
+    data, scale, offset = _fit(weight, dtype, mode, sizes, scale_np, name)
     return SparseShiftScaleParams(
         data_mask=keep.view(np.uint8),
         nonzero_data=data[keep],
