@@ -39,7 +39,7 @@ def convert(array: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
         info = np.iinfo(dtype)
         values = np.trunc(np.nan_to_num(array.astype(np.float64), nan=0.0))
 
-        # float64 holds every bound up to 32 bits exactly. For 64-bit types the bound rounds up
+        # float64 represents every bound up to 32 bits exactly. For 64-bit types the bound rounds up
         # to 2**63 or 2**64, so the largest float64 below it is used instead.
         upper = float(info.max)
         if int(upper) > info.max:

@@ -1,8 +1,8 @@
 """Activation MIL ops: relu family, sigmoid family, gelu, softmax and friends.
 
-Each op maps ``x: tensor<T, [*D]>`` (T fp16/fp32) to ``tensor<T, [*D]>``. Scalar parameters
-(``alpha``, ``beta``) may arrive as fp32 on an fp16 x, which iOS17+ programs do; they are applied
-as Python floats, so the result keeps x's dtype.
+Each op maps ``x: tensor<T, [*D]>`` (T fp16/fp32) to ``tensor<T, [*D]>``. In iOS17+ programs
+scalar parameters (``alpha``, ``beta``) may be fp32 on an fp16 x. They are converted to x's
+dtype first, so the result keeps x's dtype.
 """
 
 from __future__ import annotations

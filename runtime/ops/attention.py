@@ -22,9 +22,9 @@ def scaled_dot_product_attention(
     """Attend ``query`` to ``key``/``value``: ``softmax(q @ k^T / sqrt(E) + mask) @ v``.
 
     A bool ``attn_mask`` keeps the positions where it is True and sets the others to -inf
-    before the softmax; a float mask is added to the scores. There is no dropout and no
-    causal flag. A query row whose every position is masked out gives NaN, as PyTorch's
-    reference (math) implementation does.
+    before the softmax. A float mask is added to the scores. There is no dropout and no causal
+    flag. A query row whose every position is masked out gives NaN, as PyTorch's reference
+    (math) implementation does.
 
     Shapes:
         query: ``tensor<T, [B, *H, L, E]>``, rank at least 3.

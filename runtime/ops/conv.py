@@ -319,11 +319,11 @@ def conv_transpose(
         y = full
     else:
         y = np.zeros((batch, cout) + out_sizes, dtype=full.dtype)
-        kept = tuple(
+        kept_sizes = tuple(
             max(0, min(size, full - b)) for size, full, b in zip(out_sizes, full_sizes, begins)
         )
-        source = tuple(slice(b, b + k) for b, k in zip(begins, kept))
-        y[(slice(None), slice(None)) + tuple(slice(0, k) for k in kept)] = full[
+        source = tuple(slice(b, b + k) for b, k in zip(begins, kept_sizes))
+        y[(slice(None), slice(None)) + tuple(slice(0, k) for k in kept_sizes)] = full[
             (slice(None), slice(None)) + source
         ]
     return _add_bias(y, bias)

@@ -55,7 +55,7 @@ def matmul(
 
     ``transpose_x``/``transpose_y`` swap the last two dims of that operand first. A rank-1
     operand is promoted to a matrix (x to ``[1, K]``, y to ``[K, 1]``) and the added dim is
-    removed from the result, as in ``np.matmul``; transposing a rank-1 y has no effect, and
+    removed from the result, as in ``np.matmul``. Transposing a rank-1 y has no effect, and
     transposing a rank-1 x is invalid.
 
     Shapes:

@@ -1,8 +1,8 @@
 """Normalization MIL ops: layer_norm, batch_norm, instance_norm and l2_norm.
 
-Variances are population variances (divided by the element count). ``gamma``, ``beta``,
-``mean``, ``variance`` and ``epsilon`` may have a dtype other than x's (iOS17+); they are
-converted to x's dtype, and the result has x's dtype.
+Variances are population variances (divided by the element count). In iOS17+ programs
+``gamma``, ``beta``, ``mean``, ``variance`` and ``epsilon`` may have a dtype other than x's.
+They are converted to x's dtype, and the result has x's dtype.
 """
 
 from __future__ import annotations

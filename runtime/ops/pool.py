@@ -7,9 +7,9 @@ Output size per spatial dim, with ``P = before + after``:
 * ``ceil_mode=False``: ``floor((D + P - k) / s) + 1``.
 * ``ceil_mode=True``: ``o = floor((D + P - k + s - 1) / s) + 1``, then ``o -= 1`` when
   ``(o - 1) * s >= D + P/2`` and ``P > 0``. This is the output size that coremltools 9.0 declares
-  in converted models. PyTorch decrements even when ``P == 0``, so the two differ for example for
-  ``D=5, k=1, s=3`` (3 versus 2); that last window would start past the input, and this module
-  rejects it because its value is not specified anywhere.
+  in converted models. PyTorch decrements even when ``P == 0``, so the two differ, for example
+  for ``D=5, k=1, s=3`` (3 versus 2). That last window would start past the input, and this
+  module rejects it because no source specifies its value.
 
 A ceil-mode window may overhang the padded input at the end. The overhang never counts: max
 ignores it, and avg divides by the number of elements inside the padded input (or inside the

@@ -246,15 +246,15 @@ def run_op(
         ``(array([0., 2.], dtype=float16),)``.
     """
     spec = get_op(op_type, name=name)
-    given = {key: value for key, value in inputs.items() if value is not None}
+    provided = {key: value for key, value in inputs.items() if value is not None}
 
-    unknown = sorted(set(given) - set(spec.parameters))
+    unknown = sorted(set(provided) - set(spec.parameters))
     if unknown:
         raise UnsupportedOpError(
             f"op {name!r} ({op_type}): unknown parameter(s) {unknown}; {op_type} accepts "
             f"{list(spec.parameters)}"
         )
-    missing = [param for param in spec.required if param not in given]
+    missing = [param for param in spec.required if param not in provided]
     if missing:
         raise OpParameterError(
             f"op {name!r} ({op_type}): missing required parameter(s) {missing}"
@@ -265,8 +265,8 @@ def run_op(
         raise OpParameterError(
             f"op {name!r} ({op_type}): compute_dtype {compute} is not a float dtype"
         )
-    original = _original_dtype(given.get(spec.type_param)) if spec.type_param else None
-    arguments = {key: _to_compute(value, compute) for key, value in given.items()}
+    original = _original_dtype(provided.get(spec.type_param)) if spec.type_param else None
+    arguments = {key: _to_compute(value, compute) for key, value in provided.items()}
 
     try:
         result = spec.function(**arguments)

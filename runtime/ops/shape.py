@@ -396,7 +396,7 @@ def gather(
     Indices in ``[-D[axis], 0)`` count from the end, as in iOS15/16 programs. iOS17 calls
     negative and too-large indices out of range with undefined results, so converters insert a
     ``select`` that makes them non-negative first. Indices outside ``[-D[axis], D[axis])``
-    always raise OpParameterError, whatever ``validate_indices`` says.
+    always raise OpParameterError, whatever the value of ``validate_indices``.
 
     Shapes:
         x: ``tensor<T, [*D]>``.

@@ -36,7 +36,7 @@ def test_linear_without_bias_matches_onnx_matmul():
     assert_close(linear(x, weight), expected)
 
 
-def test_linear_fp32_weight_on_fp16_x_through_run_op():
+def test_linear_fp32_weight_on_fp16_x():
     x, weight, bias = _random((4, 8), 1), _random((3, 8), 2), _random(3, 3)
     (y,) = run_op(
         "linear", {"x": x.astype(np.float16), "weight": weight, "bias": bias}, name="linear_0"

@@ -54,7 +54,7 @@ def test_layer_norm_defaults_normalize_every_axis():
     assert_close(norm.layer_norm(x), expected)
 
 
-def test_layer_norm_fp16_with_fp32_epsilon_through_run_op():
+def test_layer_norm_fp32_epsilon_on_fp16():
     x = _random((1, 4, 8), 1).astype(np.float16)
     gamma = _random(8, 2).astype(np.float16)
     (y,) = run_op(

@@ -65,7 +65,7 @@ def test_reduce_max_propagates_nan():
     np.testing.assert_array_equal(reduce.reduce_max(x, axes=[1]), [np.nan, 3.0])
 
 
-def test_reduce_log_sum_exp_of_large_values_is_finite():
+def test_log_sum_exp_large_values_finite():
     x = np.array([1000.0, 1000.0], np.float32)
     assert_close(reduce.reduce_log_sum_exp(x), np.float32(1000 + np.log(2)))
 
@@ -92,7 +92,7 @@ def test_reduce_argmax_through_run_op_stays_int32():
     assert y.dtype == np.int32
 
 
-def test_reduce_mean_of_fp16_through_run_op_is_fp16():
+def test_reduce_mean_fp16_run_op():
     x16 = X.astype(np.float16)
     (y,) = run_op(
         "reduce_mean",

@@ -25,7 +25,7 @@ INT64_MIN = np.iinfo(np.int64).min
 
 
 def _data(shape, seed=0) -> np.ndarray:
-    """fp16 data with -0.0 and a NaN, so a bit-for-bit comparison sees sign and payload."""
+    """fp16 data with -0.0 and a NaN, so a bit-for-bit comparison checks sign and payload."""
     values = np.random.default_rng(seed).standard_normal(shape).astype(np.float16)
     flat = values.reshape(-1)
     if flat.size > 2:
@@ -250,8 +250,10 @@ def _onnx_slice_by_index(x, begin, end, stride, begin_mask, end_mask, squeeze_ma
             starts.append(start)
             ends.append(start + 1)
             continue
-        starts.append((0 if step > 0 else INT64_MAX) if begin_mask[axis] else begin[axis])
-        ends.append((INT64_MAX if step > 0 else INT64_MIN) if end_mask[axis] else end[axis])
+        # ONNX clamps out-of-range starts and ends, so extreme values mean "from the edge".
+        first, last = (0, INT64_MAX) if step > 0 else (INT64_MAX, INT64_MIN)
+        starts.append(first if begin_mask[axis] else begin[axis])
+        ends.append(last if end_mask[axis] else end[axis])
     steps = [1 if squeeze_mask[a] else stride[a] for a in range(x.ndim)]
     out = run_onnx_node(
         "Slice", [x, _i64(starts), _i64(ends), _i64(range(x.ndim)), _i64(steps)]
@@ -275,7 +277,7 @@ def test_slice_by_index_unbind_pattern():
     assert_bits_equal(actual, x[1], "slice_by_index")
 
 
-def test_slice_by_index_squeezing_every_axis_gives_rank_0():
+def test_slice_by_index_squeeze_all_axes():
     x = _data((3, 4))
     actual = ops.slice_by_index(x, [-1, 2], [0, 0], squeeze_mask=[True, True])
     assert actual.shape == ()
