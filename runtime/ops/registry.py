@@ -233,7 +233,9 @@ def run_op(
             runs: fp32 (default) or fp64 for a reference run.
 
     Returns:
-        One array per output; ``split`` has several.
+        One array per output; ``split`` has several. Shape ops (reshape, transpose, slicing,
+        split) may return views that share memory with their inputs, so callers must treat
+        outputs as read-only.
 
     Raises:
         UnsupportedOpError: unknown op type or parameter, or an unsupported mode of a known op.
