@@ -10,6 +10,7 @@ package copy it into their own ``tmp_path`` first.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import struct
@@ -227,6 +228,7 @@ def read_record(package: Path, metadata_offset: int) -> dict[str, int]:
     return {"sentinel": sentinel, "dtype": dtype, "size": size, "offset": offset, "padding": padding}
 
 
+@functools.cache
 def reference_weights(package: Path) -> dict[str, np.ndarray]:
     """Dense weights as coremltools decompresses them, by the name of the constexpr output.
 
@@ -245,6 +247,7 @@ def reference_weights(package: Path) -> dict[str, np.ndarray]:
     return weights
 
 
+@functools.cache
 def reference_constexpr_values(package: Path) -> dict[str, np.ndarray]:
     """Every constexpr output, masks included, as coremltools materializes it.
 
@@ -259,7 +262,7 @@ def reference_constexpr_values(package: Path) -> dict[str, np.ndarray]:
     model = ct.models.MLModel(str(package), skip_model_load=True)
     constexpr_outputs = {
         out.name
-        for op in _load_program(model).functions["main"].operations
+        for op in load_program(package).functions["main"].operations
         if op.op_type.startswith("constexpr_")
         for out in op.outputs
     }
@@ -272,11 +275,11 @@ def reference_constexpr_values(package: Path) -> dict[str, np.ndarray]:
     return values
 
 
+@functools.cache
 def reference_weight_names(package: Path) -> list[str]:
     """Constexpr outputs consumed by a non-constexpr op, from coremltools' own program loader."""
-    model = ct.models.MLModel(str(package), skip_model_load=True)
     names = []
-    for op in _load_program(model).functions["main"].operations:
+    for op in load_program(package).functions["main"].operations:
         if not op.op_type.startswith("constexpr_"):
             continue
         for out in op.outputs:
@@ -285,10 +288,15 @@ def reference_weight_names(package: Path) -> list[str]:
     return names
 
 
-def _load_program(model: ct.models.MLModel):
-    """Load a saved model's MIL program with coremltools' own protobuf loader, changing nothing."""
+@functools.cache
+def load_program(package: Path):
+    """Load a saved package's MIL program with coremltools' own protobuf loader, changing nothing.
+
+    The result is cached per path, so callers must not modify the program.
+    """
     from coremltools.models.utils import _apply_graph_pass
 
+    model = ct.models.MLModel(str(package), skip_model_load=True)
     return _apply_graph_pass(model, [], return_pymil_prog=True)
 
 

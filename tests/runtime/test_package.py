@@ -101,7 +101,7 @@ def test_function_outputs_match_model_description(packages):
 def test_operations_match_coremltools_program(packages, name):
     """Same ops in the same order; coremltools adds const ops for iOS16 constexpr attributes."""
     path = packages(name)
-    program = _packages._load_program(_packages.ct.models.MLModel(str(path), skip_model_load=True))
+    program = _packages.load_program(path)
     expected = [(op.op_type, [out.name for out in op.outputs]) for op in program.functions["main"].operations]
 
     actual = [(op.type, [out.name for out in op.outputs]) for op in load(path).function().operations]
@@ -169,7 +169,7 @@ def test_string_attribute_is_string_scalar(packages):
 @pytest.mark.parametrize("name", ["ios16_plain", "ios18_plain"])
 def test_const_values_match_coremltools(packages, name):
     path = packages(name)
-    program = _packages._load_program(_packages.ct.models.MLModel(str(path), skip_model_load=True))
+    program = _packages.load_program(path)
     expected = {
         op.outputs[0].name: op.outputs[0].val for op in program.functions["main"].operations if op.op_type == "const"
     }
@@ -189,7 +189,7 @@ def test_const_values_match_coremltools(packages, name):
 def test_constexpr_parameters_match_coremltools(packages, name):
     """Every literal constexpr parameter, blob or immediate, equals coremltools' loaded value."""
     path = packages(name)
-    program = _packages._load_program(_packages.ct.models.MLModel(str(path), skip_model_load=True))
+    program = _packages.load_program(path)
     expected = {}
     for op in program.functions["main"].operations:
         if op.op_type.startswith("constexpr_"):

@@ -18,7 +18,6 @@ collected and outputs checked replace the decoder registry with a stub.
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 
@@ -33,7 +32,6 @@ from . import _packages
 from ._packages import build_package, copy_package, find_op, read_spec, write_spec
 
 REGISTRY = "sparseblob.runtime.decode.registry"
-FIXTURES = _packages.Path(__file__).resolve().parents[2] / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +104,6 @@ def test_multifunction_weights_match_single_function_packages(packages, tmp_path
         assert list(weights) == list(expected)
         for key, array in weights.items():
             assert_bits_equal(array, expected[key], name=f"{function}: {key}")
-
-
-def fixture_packages() -> list:
-    index = FIXTURES / "index.json"
-    if not index.is_file():
-        return []
-    return sorted(json.loads(index.read_text()))
 
 
 # --- parameter collection and output checks, with a stub decoder ---------------------------
