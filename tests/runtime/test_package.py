@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from sparseblob.runtime import Argument, Package, TensorType, load
+from sparseblob.runtime import Argument, Package, SparseblobError, TensorType, load
 from sparseblob.runtime.dtypes import by_name
 from sparseblob.runtime.errors import (
     BlobBoundsError,
@@ -676,3 +678,30 @@ def test_overflowing_blob_shape_is_rejected_before_reading(packages, tmp_path):
 
     with pytest.raises(ElementLimitError, match="input 'mask'.*exceeds the limit"):
         load(package)
+
+
+# --- arbitrary corruption -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scratch_package(packages, tmp_path_factory):
+    """A private copy of a joint-compressed package that the corruption tests overwrite."""
+    return copy_package(packages("ios18_prune_palettize"), tmp_path_factory.mktemp("scratch"))
+
+
+@pytest.mark.parametrize("target", [MODEL_FILE, WEIGHT_FILE])
+@given(edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=4))
+def test_byte_edits_raise_only_sparseblob_errors(packages, scratch_package, target, edits):
+    """A corrupted file either loads and decodes, or raises a SparseblobError; nothing else."""
+    original = (packages("ios18_prune_palettize") / target).read_bytes()
+    data = bytearray(original)
+    for fraction, byte in edits:
+        data[int(fraction * len(data))] = byte
+    (scratch_package / target).write_bytes(bytes(data))
+
+    try:
+        load(scratch_package).constexpr_values()
+    except SparseblobError:
+        pass
+    finally:
+        (scratch_package / target).write_bytes(original)
