@@ -26,7 +26,7 @@ import numpy as np
 
 from sparseblob.runtime.errors import EncodingError, PatternError, ShapeError
 
-from ._validate import as_weight, check_axis, check_fraction, check_int, first_index
+from ._validate import as_weight, check_axis, check_fraction, check_int, first_index, magnitude_bits, nonzero
 
 __all__ = [
     "threshold_mask",
@@ -44,15 +44,6 @@ logger = logging.getLogger(__name__)
 
 # Pairwise ranking costs m*m comparisons per group; beyond this group size a stable sort is cheaper.
 _PAIRWISE_MAX_M = 8
-
-
-def _magnitude_keys(weight: np.ndarray) -> np.ndarray:
-    """Return unsigned integers that order like ``|weight|``: the bits with the sign cleared."""
-    if weight.dtype == np.float16:
-        return weight.view(np.uint16) & np.uint16(0x7FFF)
-    if weight.dtype == np.float32:
-        return weight.view(np.uint32) & np.uint32(0x7FFFFFFF)
-    raise EncodingError(f"expected an fp16 or fp32 weight, got dtype {weight.dtype}")
 
 
 def pruned_count(size: int, sparsity: float) -> int:
@@ -133,7 +124,7 @@ def magnitude_mask(weight: np.ndarray, target_sparsity: float, *, name: str = "w
     sparsity = check_fraction(target_sparsity, "target_sparsity")
 
     count = pruned_count(weight.size, sparsity)
-    keys = _magnitude_keys(np.ascontiguousarray(weight)).reshape(-1)
+    keys = magnitude_bits(weight).reshape(-1)
     return ~_smallest(keys, count).reshape(weight.shape)
 
 
@@ -276,7 +267,7 @@ def n_m_mask(weight: np.ndarray, n: int, m: int, *, axis: int = 1, name: str = "
     axis = check_axis(axis, weight.ndim)
 
     # Finite magnitudes stay below 0x7F800000, so int32 holds every key and the padding key.
-    keys = np.moveaxis(_magnitude_keys(np.ascontiguousarray(weight)), axis, -1).astype(np.int32)
+    keys = np.moveaxis(magnitude_bits(weight), axis, -1).astype(np.int32)
     # Padding gets key -1: below every real magnitude, so it is pruned first.
     groups, _ = _grouped_last(keys, m, -1)
     keep = _ranks_in_groups(groups) >= n
@@ -309,10 +300,9 @@ def apply_mask(weight: np.ndarray, mask: np.ndarray, *, name: str = "weight") ->
             raise EncodingError(f"{name}: mask must be bool or 0/1 integers, got dtype {mask.dtype}")
         mask = mask.astype(bool)
 
-    pruned = np.zeros_like(weight)
-    keep = mask & (weight != 0)
-    np.copyto(pruned, weight, where=keep)
-    return pruned
+    # Multiplying the raw bits by 0 or 1 keeps a value or writes +0.0, without float arithmetic.
+    bits = np.ascontiguousarray(weight).view(np.uint16 if weight.dtype == np.float16 else np.uint32)
+    return (bits * (mask & nonzero(weight))).view(weight.dtype)
 
 
 def _describe_group(index: tuple[int, ...], axis: int, start: int, stop: int) -> str:
@@ -344,8 +334,8 @@ def check_n_m(tensor: np.ndarray, n: int, m: int, *, axis: int = 1, name: str = 
     n, m = _check_n_m(n, m)
     axis = check_axis(axis, tensor.ndim)
 
-    nonzero = np.moveaxis(tensor != 0, axis, -1)
-    groups, _ = _grouped_last(nonzero, m, False)
+    nonzero_elements = np.moveaxis(tensor != 0, axis, -1)
+    groups, _ = _grouped_last(nonzero_elements, m, False)
     zeros = m - np.count_nonzero(groups, axis=-1)
     bad = zeros < n
     if not bad.any():
@@ -384,8 +374,8 @@ def check_blocks(tensor: np.ndarray, block_size: int, *, axis: int = 0, name: st
     axis = check_axis(axis, tensor.ndim)
 
     channels = tensor.shape[axis]
-    nonzero = np.moveaxis(tensor != 0, axis, -1)
-    groups, padding = _grouped_last(nonzero, block_size, False)
+    nonzero_elements = np.moveaxis(tensor != 0, axis, -1)
+    groups, padding = _grouped_last(nonzero_elements, block_size, False)
     counts = np.count_nonzero(groups, axis=-1)
     sizes = np.full(counts.shape[-1], block_size)
     sizes[-1] -= padding

@@ -37,7 +37,7 @@ import numpy as np
 
 from sparseblob.runtime.errors import EncodingError
 
-from ._validate import as_weight, check_axis, check_choice, check_int
+from ._validate import as_weight, check_axis, check_choice, check_int, nonzero
 from .params import LutParams, LutToSparseParams, QuantizedLutParams, ScaledLutParams
 from .quantize import _store_scale, dequantize, quantize_weight
 
@@ -544,7 +544,7 @@ def palettize_nonzero(
     """
     weight = as_weight(weight, name)
     layout = _Layout(weight.shape, group_size, channel_axis, cluster_dim, vector_axis)
-    result = _palettize_core(weight, weight != 0, nbits, mode, layout)
+    result = _palettize_core(weight, nonzero(weight), nbits, mode, layout)
     return LutToSparseParams(
         indices_mask=result.keep.view(np.uint8),
         indices_nonzero_data=result.nonzero_indices(),
@@ -591,7 +591,7 @@ def palettize_quantized_lut(
         params = quantize_weight(lut, lut_dtype, mode=lut_mode, granularity="per_tensor", name=f"{name} lut")
         return dequantize(params.data, params.scale, params.offset), params
 
-    keep_elements = weight != 0 if nonzero_only else None
+    keep_elements = nonzero(weight) if nonzero_only else None
     result = _palettize_core(weight, keep_elements, nbits, mode, layout, lut_transform=quantize_lut)
     if nonzero_only:
         palettized = LutToSparseParams(

@@ -40,7 +40,7 @@ import numpy as np
 from sparseblob.runtime.dtypes import by_name
 from sparseblob.runtime.errors import EncodingError, ShapeError
 
-from ._validate import as_weight, check_axis, check_choice, check_int
+from ._validate import as_weight, check_axis, check_choice, check_int, nonzero
 from .params import QuantParams, SparseShiftScaleParams
 
 __all__ = [
@@ -323,7 +323,7 @@ def quantize_nonzero(
         weight, dtype, mode, granularity, channel_axis, block_size, block_axis, block_sizes,
         scale_dtype, name,
     )
-    keep = weight != 0
+    keep = nonzero(weight)
     data, scale, offset = _fit(weight, dtype, mode, sizes, scale_np, name)
     return SparseShiftScaleParams(
         data_mask=keep.view(np.uint8),

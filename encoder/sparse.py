@@ -18,7 +18,7 @@ import numpy as np
 from sparseblob.runtime.dtypes import by_name
 from sparseblob.runtime.errors import EncodingError
 
-from ._validate import as_weight, check_choice, first_index
+from ._validate import as_weight, check_choice, first_index, nonzero
 from .params import SparseParams
 
 __all__ = ["NONZERO_DTYPES", "encode_sparse", "convert_exactly"]
@@ -61,13 +61,16 @@ def convert_exactly(values: np.ndarray, dtype_name: str, *, name: str) -> np.nda
             )
         return values.astype(element.numpy_dtype)
 
-    converted = values.astype(element.numpy_dtype)
+    with np.errstate(over="ignore"):
+        # A value beyond the target's range becomes inf here and fails the comparison below.
+        converted = values.astype(element.numpy_dtype)
     changed = converted.astype(np.float64) != values.astype(np.float64)
     if changed.any():
         first = first_index(changed)
         raise EncodingError(
             f"{name}: value {values[first]!r} at position {first[0]} changes to "
-            f"{converted[first]!r} in {dtype_name}; store the values as {_DEFAULT_NONZERO_DTYPE.get(values.dtype, 'fp32')}"
+            f"{converted[first]!r} in {dtype_name}; keep the values in their own dtype "
+            f"({values.dtype}) or round them first"
         )
     return converted
 
@@ -100,6 +103,6 @@ def encode_sparse(
         nonzero_dtype = _DEFAULT_NONZERO_DTYPE[weight.dtype]
     check_choice(nonzero_dtype, "nonzero_dtype", NONZERO_DTYPES)
 
-    keep = weight != 0
+    keep = nonzero(weight)
     values = convert_exactly(weight[keep], nonzero_dtype, name=f"{name} nonzero_data")
     return SparseParams(nonzero_data=values, mask=keep.view(np.uint8), nonzero_dtype=nonzero_dtype)

@@ -88,6 +88,7 @@ def test_integer_and_narrow_nonzero_dtypes(dtype, values):
         ("uint4", -1.0, "not an integer in the uint4 range"),
         ("int8", 1.5, "not an integer"),
         ("fp16", 1e-9, "changes to"),
+        ("fp16", 1e6, r"changes to np.float16\(inf\)"),
         ("bf16", 1.0, "nonzero_dtype='bf16'"),
     ],
 )
