@@ -1,4 +1,4 @@
-"""Argument checks shared by the encoder modules; each takes the value and the argument's name."""
+"""Argument checks shared by the encoder modules. Each takes the value and the argument's name."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def as_weight(weight, name: str, *, floating: bool = True) -> np.ndarray:
     Raises:
         ShapeError: the array is a scalar.
         EncodingError: ``floating`` is set and the dtype is not fp16 or fp32.
-        NonFiniteError: an element is NaN or infinite; the message gives the first one.
+        NonFiniteError: an element is NaN or infinite. The message gives the first one.
     """
     array = np.asarray(weight)
     if array.ndim == 0:
@@ -31,7 +31,7 @@ def as_weight(weight, name: str, *, floating: bool = True) -> np.ndarray:
 def magnitude_bits(array: np.ndarray) -> np.ndarray:
     """Return the bits of an fp16 or fp32 array with the sign cleared, as unsigned integers.
 
-    For finite values they order like ``abs(array)``; +0.0 and -0.0 both give 0. Integer
+    For finite values they order like ``abs(array)``, and +0.0 and -0.0 both give 0. Integer
     comparisons on them are much faster than numpy's fp16 comparisons.
     """
     if array.dtype == np.float16:
@@ -40,7 +40,7 @@ def magnitude_bits(array: np.ndarray) -> np.ndarray:
 
 
 def nonzero(array: np.ndarray) -> np.ndarray:
-    """Return ``array != 0`` as a bool array; -0.0 counts as zero."""
+    """Return ``array != 0`` as a bool array, so -0.0 counts as zero."""
     if array.dtype in FLOAT_DTYPES:
         return magnitude_bits(array) != 0
     return array != 0

@@ -9,11 +9,11 @@ cleared, which order like the magnitudes themselves for finite floats. Where sev
 (or blocks) tie at the cut, the ones with the lower C-order index are pruned first. Every mask
 function rejects NaN and infinite weights.
 
-Core ML describes n:m sparsity as "n zeros in every m consecutive elements"; this module uses
-that convention everywhere. :func:`n_m_from_kept` converts the "keep n of m" convention.
+Core ML describes n:m sparsity as "n zeros in every m consecutive elements", and this module
+uses that convention everywhere. :func:`n_m_from_kept` converts the "keep n of m" convention.
 
 Shapes: weights are ``tensor<fp16 or fp32, [d0, ..., d(K-1)]>``, for linear ``[out, in]`` and
-for conv ``[Cout, Cin/groups, kH, kW]``; block sparsity defaults to axis 0 and n:m sparsity to
+for conv ``[Cout, Cin/groups, kH, kW]``. Block sparsity defaults to axis 0 and n:m sparsity to
 axis 1, as in Core ML's pruning.
 """
 
@@ -42,7 +42,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Pairwise ranking costs m*m comparisons per group; beyond this group size a stable sort is cheaper.
+# Pairwise ranking costs m*m comparisons per group, so beyond this group size a stable sort is cheaper.
 _PAIRWISE_MAX_M = 8
 
 
@@ -59,7 +59,7 @@ def pruned_count(size: int, sparsity: float) -> int:
 
 
 def _smallest(keys: np.ndarray, count: int) -> np.ndarray:
-    """Return a bool array marking the ``count`` smallest keys; ties go to the lower index.
+    """Return a bool array marking the ``count`` smallest keys, ties going to the lower index.
 
     ``keys`` is 1-D. Selection uses a partition, so it takes linear time.
     """
@@ -132,8 +132,8 @@ def _block_scores(weight: np.ndarray, block_size: int, axis: int) -> np.ndarray:
     """Return the sum of squares of each block, ``tensor<fp32 or fp64, grid>``.
 
     The grid is the weight shape with ``shape[axis]`` replaced by ``ceil(shape[axis] / b)``. A
-    trailing partial block sums its real elements only. fp16 squares and their sums fit fp32;
-    fp32 weights are summed in fp64 so that no square overflows.
+    trailing partial block sums its real elements only. fp16 squares and their sums fit fp32,
+    and fp32 weights are summed in fp64 so that no square overflows.
     """
     accumulate = np.float32 if weight.dtype == np.float16 else np.float64
     front = np.moveaxis(weight, axis, 0).astype(accumulate)
@@ -164,7 +164,7 @@ def block_mask(
 ) -> np.ndarray:
     """Mask whole blocks of ``block_size`` consecutive elements along ``axis``.
 
-    Each block is scored by its L2 norm; the ``floor(nblocks * target_sparsity)`` blocks with the
+    Each block is scored by its L2 norm. The ``floor(nblocks * target_sparsity)`` blocks with the
     smallest norm are pruned, ties going to the block with the lower C-order index in the block
     grid (the weight shape with ``shape[axis]`` replaced by ``ceil(shape[axis] / block_size)``).
     When ``block_size`` does not divide ``shape[axis]``, the trailing partial block counts as one
@@ -174,11 +174,11 @@ def block_mask(
         weight: ``tensor<fp16 or fp32, shape>``, finite.
         target_sparsity: fraction of blocks to prune, in [0, 1].
         block_size: elements per block, ``> 1``.
-        axis: the axis along which blocks run; 0 (output channels) by default.
+        axis: the axis along which blocks run, 0 (output channels) by default.
         name: tensor name for error messages.
 
     Returns:
-        ``tensor<bool, shape>``, True where the element is kept; every block is all True or all
+        ``tensor<bool, shape>``, True where the element is kept. Every block is all True or all
         False.
     """
     weight = as_weight(weight, name)
@@ -254,9 +254,9 @@ def n_m_mask(weight: np.ndarray, n: int, m: int, *, axis: int = 1, name: str = "
 
     Args:
         weight: ``tensor<fp16 or fp32, shape>``, finite.
-        n: zeros per group, ``0 <= n <= m`` (Core ML's convention; see :func:`n_m_from_kept`).
+        n: zeros per group, ``0 <= n <= m``, in Core ML's convention (see :func:`n_m_from_kept`).
         m: group length, ``>= 1``.
-        axis: the axis along which groups run; 1 (input channels) by default.
+        axis: the axis along which groups run, 1 (input channels) by default.
         name: tensor name for error messages.
 
     Returns:
@@ -280,7 +280,7 @@ def apply_mask(weight: np.ndarray, mask: np.ndarray, *, name: str = "weight") ->
     """Return the pruned weight: ``weight`` where ``mask`` is set, +0.0 elsewhere.
 
     Core ML's sparse format stores a value only where it is non-zero, so -0.0 cannot survive
-    encoding; this function writes +0.0 for every zero, including a kept -0.0, so that the
+    encoding. This function writes +0.0 for every zero, including a kept -0.0, so that the
     pruned weight equals its decoded form bit for bit.
 
     Args:

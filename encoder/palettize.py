@@ -11,12 +11,12 @@ Modes:
   and ``index = round((w - lo) / (hi - lo) * (2**n - 1))``, evaluated in fp64 (Core ML uses
   the weight dtype). A constant group gets index 0 and a LUT filled with the constant.
 - ``unique``: lossless. The LUT holds the distinct values (distinct bit patterns, so -0.0 and
-  +0.0 are separate entries) sorted by value, zero-padded to 2**nbits; without ``nbits`` the
+  +0.0 are separate entries) sorted by value, zero-padded to 2**nbits. Without ``nbits`` the
   smallest width of 1, 2, 3, 4, 6, 8 bits that fits every group is used.
 - ``kmeans``: deterministic k-means without scikit-learn. Scalars: Lloyd iterations on the
   histogram of distinct values until the assignment stops changing (at most 300 iterations),
   once from the weighted quantiles ``(j + 1/2) / k`` and once from evenly spaced values,
-  keeping the run with the smaller squared error; a group with at most ``k`` distinct values
+  keeping the run with the smaller squared error. A group with at most ``k`` distinct values
   gets them all, losslessly. Vectors: Lloyd iterations started by k-means++ seeded with 0. The
   LUT is sorted (scalars) and each value gets the index of its nearest entry after the LUT is
   rounded to its dtype, ties to the lower index. The result differs from Core ML's kmeans mode,
@@ -221,7 +221,7 @@ def _distinct_starts(starts: np.ndarray, size: int) -> np.ndarray:
 
 
 def _lloyd_scalar(points, starts, weight_sum, value_sum, square_sum) -> tuple[np.ndarray, float]:
-    """Run Lloyd iterations from ``points[starts]``; return the centroids and the squared error."""
+    """Run Lloyd iterations from ``points[starts]`` and return the centroids and the squared error."""
     centroids = points[starts].astype(np.float64)
     cuts = None
     for _ in range(_LLOYD_MAX_ITERATIONS):
@@ -285,7 +285,7 @@ def _kmeans_vectors(points: np.ndarray, counts: np.ndarray, k: int) -> np.ndarra
 
 
 def _nearest_scalars(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Return, for each value, the index of the nearest LUT entry; ties go to the lower index."""
+    """Return, for each value, the index of the nearest LUT entry, ties going to the lower index."""
     lut = lut.astype(np.float64)
     order = np.argsort(lut, kind="stable")
     ordered = lut[order]
@@ -494,12 +494,12 @@ def palettize_weight(
 
     Args:
         weight: ``tensor<fp16 or fp32, shape>``, finite.
-        nbits: index width, one of 1, 2, 3, 4, 6, 8; optional for ``unique``.
+        nbits: index width, one of 1, 2, 3, 4, 6, 8, optional for ``unique``.
         mode: ``kmeans``, ``uniform`` or ``unique``.
-        group_size: channels per LUT along ``channel_axis``; None for one LUT per tensor.
+        group_size: channels per LUT along ``channel_axis``, or None for one LUT per tensor.
         channel_axis: the output-channel axis.
         cluster_dim: elements per LUT entry (vector palettization when > 1).
-        vector_axis: the axis of the vectors; defaults to ``channel_axis``.
+        vector_axis: the axis of the vectors, ``channel_axis`` by default.
         name: tensor name for error messages.
 
     Returns:
@@ -509,7 +509,7 @@ def palettize_weight(
 
     Raises:
         EncodingError: an argument is invalid, or ``group_size`` or ``cluster_dim`` does not
-            divide its axis; nothing is computed then.
+            divide its axis. Nothing is computed then.
     """
     weight = as_weight(weight, name)
     layout = _Layout(weight.shape, group_size, channel_axis, cluster_dim, vector_axis)
@@ -528,10 +528,10 @@ def palettize_nonzero(
     vector_axis: int | None = None,
     name: str = "weight",
 ) -> LutToSparseParams:
-    """Palettize only the nonzero values of a pruned weight; the zeros stay in the mask.
+    """Palettize only the nonzero values of a pruned weight, leaving the zeros in the mask.
 
     The mask is ``weight != 0`` (-0.0 counts as zero). With ``cluster_dim > 1`` a vector is kept
-    when any of its elements is nonzero, and decodes whole from the LUT; the decoded mask is
+    when any of its elements is nonzero, and decodes whole from the LUT. The decoded mask is
     ``indices_mask`` repeated ``cluster_dim`` times along ``vector_axis``.
 
     Args:
@@ -581,7 +581,7 @@ def palettize_quantized_lut(
             :func:`palettize_weight`.
 
     Returns:
-        :class:`QuantizedLutParams`; ``lut_quant.scale`` has the LUT's rank, all ones, in the
+        :class:`QuantizedLutParams`. ``lut_quant.scale`` has the LUT's rank, all ones, in the
         weight's dtype, and ``palettized.lut`` holds the decoded quantized LUT.
     """
     weight = as_weight(weight, name)

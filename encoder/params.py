@@ -173,7 +173,7 @@ class LutParams:
 
     Attributes:
         indices: ``tensor<uintN, [d0..d(K-1)]>`` held as uint8, N = ``nbits``.
-        lut: ``tensor<T, [G0..G(K-1), 2**N, VS]>``; element ``i`` of ``indices`` reads the LUT of
+        lut: ``tensor<T, [G0..G(K-1), 2**N, VS]>``. Element ``i`` of ``indices`` reads the LUT of
             group ``i_k // (d_k / G_k)`` on every axis ``k``.
         vector_axis: the axis along which each index expands to VS consecutive elements, or
             ``None`` when VS is 1.
@@ -193,7 +193,7 @@ class LutParams:
         return _index_bits(self.lut)
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """Return the op parameters keyed by MIL name; ``vector_axis`` only when set."""
+        """Return the op parameters keyed by MIL name, ``vector_axis`` only when set."""
         found = {"indices": self.indices, "lut": self.lut}
         if self.vector_axis is not None:
             found["vector_axis"] = np.int32(self.vector_axis)
@@ -275,7 +275,7 @@ class QuantParams:
     Attributes:
         data: ``tensor<SrcT, shape>``, the quantized values.
         scale: ``tensor<fp16 or fp32, S>`` with ``len(S) == len(shape)`` and every ``shape[i]``
-            a multiple of ``S[i]``; element ``i`` uses block ``i // (shape / S)``.
+            a multiple of ``S[i]``. Element ``i`` uses block ``i // (shape / S)``.
         offset: ``tensor<SrcT, S>`` or ``None`` (no offset: signed symmetric quantization).
         data_dtype: MIL element type of ``data`` and ``offset``: int8, uint8, int4 or uint4.
     """
@@ -290,7 +290,7 @@ class QuantParams:
         _freeze_fields(self, ("data", "scale", "offset"))
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """Return the op parameters keyed by MIL name; ``offset`` only when set."""
+        """Return the op parameters keyed by MIL name, ``offset`` only when set."""
         found = {"data": self.data, "scale": self.scale}
         if self.offset is not None:
             found["offset"] = self.offset
@@ -371,7 +371,7 @@ class LutToSparseParams:
         return _index_bits(self.lut)
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """Return the op parameters keyed by MIL name; ``vector_axis`` only when set."""
+        """Return the op parameters keyed by MIL name, ``vector_axis`` only when set."""
         found = {
             "indices_mask": self.indices_mask,
             "indices_nonzero_data": self.indices_nonzero_data,
@@ -420,7 +420,7 @@ class SparseShiftScaleParams:
         _freeze_fields(self, ("data_mask", "nonzero_data", "scale", "offset"))
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """Return the op parameters keyed by MIL name; ``offset`` only when set."""
+        """Return the op parameters keyed by MIL name, ``offset`` only when set."""
         found = {"data_mask": self.data_mask, "nonzero_data": self.nonzero_data, "scale": self.scale}
         if self.offset is not None:
             found["offset"] = self.offset
@@ -444,7 +444,7 @@ class QuantizedLutParams:
     tensor as the chain.
 
     Attributes:
-        lut_quant: the quantized LUT; ``lut_quant.data`` has the LUT's shape.
+        lut_quant: the quantized LUT, whose ``data`` has the LUT's shape.
         palettized: a :class:`LutParams` (``constexpr_lut_to_dense``) or a
             :class:`LutToSparseParams` (``constexpr_lut_to_sparse``, then
             ``constexpr_sparse_to_dense``).

@@ -9,8 +9,8 @@ Modes, with ``[qmin, qmax]`` the integer range used:
 
 - ``symmetric`` (Core ML's ``linear_symmetric``): one code is dropped so that the range is
   symmetric (int8 [-127, 127], int4 [-7, 7], uint8 [0, 254] with offset 127, uint4 [0, 14]
-  with offset 7); ``scale = 2 * max|w| / (qmax - qmin)``. Signed data has no offset.
-- ``affine`` (Core ML's ``linear``): the full range; the block's range ``[lo, hi]`` is widened to
+  with offset 7), and ``scale = 2 * max|w| / (qmax - qmin)``. Signed data has no offset.
+- ``affine`` (Core ML's ``linear``): the full range. The block's range ``[lo, hi]`` is widened to
   include 0, ``scale = (hi - lo) / (qmax - qmin)`` and ``offset = round(qmin - lo / scale)``,
   which always lies in ``[qmin, qmax]``.
 
@@ -19,14 +19,15 @@ Then ``data = clip(round(w / scale) + offset, qmin, qmax)``, rounding half to ev
 Where this differs from Core ML's quantizer, and why:
 
 - The scale is computed in fp64 and rounded *up* to its dtype, and ``data`` is computed from
-  the stored scale. So no value is clipped and every decoded value lies within
-  half a step of the input (plus the rounding of the decoded value to the scale dtype).
+  the stored scale. So clipping never moves a code by more than half a step, and every decoded
+  value lies within half a step of the input (plus the rounding of the decoded value to the
+  scale dtype).
 - A block whose values are all zero (or, for :func:`quantize_nonzero`, that has no kept value)
-  gets scale 1 and decodes to exactly 0; Core ML divides 0 by 0 there.
+  gets scale 1 and decodes to exactly 0, where Core ML divides 0 by 0.
 - A scale below the smallest normal number of its dtype (2**-14 for fp16) is raised to it, with a
   log message: accelerators flush subnormal numbers to zero, which would zero the block. The
   block's values then still lie within half of the (larger) step.
-- NaN and infinite weights are rejected; Core ML skips a weight with inf and turns a block
+- NaN and infinite weights are rejected. Core ML skips a weight with inf and turns a block
   with NaN into NaN.
 """
 
@@ -96,7 +97,7 @@ def block_sizes_for(
             ``channel_axis``), or ``per_block`` (per channel, and runs of ``block_size`` along
             ``block_axis``).
         channel_axis: the output-channel axis.
-        block_size: run length along ``block_axis``; required for ``per_block``.
+        block_size: run length along ``block_axis``, required for ``per_block``.
         block_axis: the axis cut into runs for ``per_block``.
 
     Raises:
@@ -270,11 +271,11 @@ def quantize_weight(
         weight: ``tensor<fp16 or fp32, shape>``, finite.
         dtype: int8, uint8, int4 or uint4 (the 4-bit types need iOS18).
         mode: ``symmetric`` or ``affine``.
-        granularity: ``per_tensor``, ``per_channel`` or ``per_block``; see :func:`block_sizes_for`.
+        granularity: ``per_tensor``, ``per_channel`` or ``per_block``, as in :func:`block_sizes_for`.
         channel_axis, block_size, block_axis: see :func:`block_sizes_for`.
         block_sizes: the block size on every axis, overriding ``granularity``, for blocks along
             any combination of axes.
-        scale_dtype: fp16 or fp32; defaults to the weight's dtype.
+        scale_dtype: fp16 or fp32, the weight's dtype by default.
         name: tensor name for error messages.
 
     Returns:
@@ -308,7 +309,7 @@ def quantize_nonzero(
     The zeros stay in the mask and take no part in the scales. The result feeds
     ``constexpr_sparse_blockwise_shift_scale`` and then ``constexpr_sparse_to_dense``. The
     mask is ``weight != 0`` (-0.0 counts as zero). A kept value may quantize to a code that
-    decodes to 0; the mask bit stays set.
+    decodes to 0, and its mask bit stays set.
 
     Args:
         weight: ``tensor<fp16 or fp32, shape>``, finite, already pruned.
@@ -337,7 +338,7 @@ def quantize_nonzero(
 def dequantize(data: np.ndarray, scale: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
     """Return ``(data - offset) * scale`` per block, computed in fp32 and rounded once to the scale dtype.
 
-    This is the arithmetic of ``constexpr_blockwise_shift_scale``; the encoder uses it to know the
+    This is the arithmetic of ``constexpr_blockwise_shift_scale``. The encoder uses it to know the
     values a quantized LUT decodes to.
 
     Args:

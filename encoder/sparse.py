@@ -43,7 +43,7 @@ def convert_exactly(values: np.ndarray, dtype_name: str, *, name: str) -> np.nda
 
     Raises:
         EncodingError: a value is not integral, is out of the type's range, or does not survive
-            the conversion unchanged; the message gives the first such value.
+            the conversion unchanged. The message gives the first such value.
     """
     check_choice(dtype_name, "nonzero_dtype", NONZERO_DTYPES)
     element = by_name(dtype_name)
@@ -82,7 +82,7 @@ def encode_sparse(
 
     Args:
         weight: ``tensor<fp16, fp32, int8 or uint8, shape>``, finite.
-        nonzero_dtype: MIL element type of ``nonzero_data``; defaults to the weight's own
+        nonzero_dtype: MIL element type of ``nonzero_data``, by default the weight's own
             (fp16, fp32, int8, uint8).
         name: tensor name for error messages.
 
