@@ -223,11 +223,14 @@ def main(argv: list[str]) -> int:
     for name in SPECS:
         fitted[name] = fit(name, console, fitted)
 
-    # Parameters that a profile's rows cannot identify, copied from a profile whose rows do.
+    # Parameters that a profile's rows cannot identify are copied from a profile whose rows do,
+    # and the profile is fitted again so that its residuals include them.
     for name, spec in SPECS.items():
-        for parameter, source in spec.get("carry_after", {}).items():
-            fitted[name]["parameters"][parameter] = fitted[source]["parameters"][parameter]
-        fitted[name]["fit"]["carried_after_fit"] = spec.get("carry_after", {})
+        carried = {parameter: fitted[source]["parameters"][parameter] for parameter, source in spec.get("carry_after", {}).items()}
+        if carried:
+            spec["fixed"] = {**spec["fixed"], **carried}
+            fitted[name] = fit(name, console, fitted)
+            fitted[name]["fit"]["carried_after_fit"] = spec["carry_after"]
 
     if not args.check:
         for name, data in fitted.items():

@@ -30,6 +30,7 @@ Parameters (all positive; the units are in the names):
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -161,7 +162,7 @@ class DeviceProfile:
 
     def to_dict(self) -> dict:
         """Return the JSON-ready form read by :func:`profile_from_dict`."""
-        data = {"kind": "device_profile", **self.__dict__}
+        data = {"kind": "device_profile", **copy.deepcopy(self.__dict__)}
         data["rows"] = [row.to_dict() for row in self.rows]
         return data
 
