@@ -175,7 +175,11 @@ def expected_op_types(target: str, compression: list[dict[str, Any]]) -> list[st
     channel_scale = any(step.get("enable_per_channel_scale") for step in compression)
 
     if target == "iOS16":
-        single = {"pruning": SPARSE_TO_DENSE, "palettization": LUT_TO_DENSE, "linear_quantization": AFFINE_DEQUANTIZE}
+        single = {
+            "pruning": SPARSE_TO_DENSE,
+            "palettization": LUT_TO_DENSE,
+            "linear_quantization": AFFINE_DEQUANTIZE,
+        }
         return sorted(single[technique] for technique in techniques)
 
     types = []
@@ -272,9 +276,36 @@ def test_arrays_are_declared_in_protobuf(entry):
 @pytest.mark.parametrize("entry", ALL_ENTRIES, ids=entry_id)
 def test_consumers_bind_listed_weights(entry):
     program = load_program(entry["package"])
-    for weight in entry["weights"]:
+    for weight in entry["weights"] + entry.get("uncompressed_weights", []):
         consumer = program.by_name(weight["consumer"])
-        assert bound_names(consumer).count(weight["output"]) >= 1, weight["consumer"]
+        bindings = consumer.inputs[weight["input"]].arguments
+        assert [binding.name for binding in bindings] == [weight["output"]], weight["consumer"]
+
+
+@pytest.mark.parametrize("entry", MODEL_ENTRIES, ids=entry_id)
+def test_uncompressed_weights_are_consts(entry):
+    program = load_program(entry["package"])
+    for weight in entry["uncompressed_weights"]:
+        assert program.producer[weight["output"]].type == "const", weight["output"]
+
+
+@pytest.mark.parametrize("entry", MODEL_ENTRIES, ids=entry_id)
+def test_model_inputs_file_matches_inputs(entry):
+    inputs = load_npz(entry["inputs_file"])
+    assert sorted(inputs) == sorted(feature["name"] for feature in entry["inputs"])
+    for feature in entry["inputs"]:
+        assert inputs[feature["name"]].dtype == CONTAINERS[feature["dtype"]], feature["name"]
+        assert list(inputs[feature["name"]].shape) == feature["shape"], feature["name"]
+
+
+@pytest.mark.parametrize("entry", MODEL_ENTRIES, ids=entry_id)
+def test_torch_outputs_file_matches_outputs(entry):
+    outputs = load_npz(entry["torch_outputs_file"])
+    assert sorted(outputs) == sorted(feature["name"] for feature in entry["outputs"])
+    for feature in entry["outputs"]:
+        assert outputs[feature["name"]].dtype == np.float32, feature["name"]
+        assert list(outputs[feature["name"]].shape) == feature["shape"], feature["name"]
+        assert np.isfinite(outputs[feature["name"]]).all(), feature["name"]
 
 
 @pytest.mark.parametrize("entry", ALL_ENTRIES, ids=entry_id)
