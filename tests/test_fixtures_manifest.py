@@ -45,8 +45,8 @@ AFFINE_DEQUANTIZE = "constexpr_affine_dequantize"
 SHIFT_SCALE = "constexpr_blockwise_shift_scale"
 SPARSE_SHIFT_SCALE = "constexpr_sparse_blockwise_shift_scale"
 
-# numpy container of each MIL dtype in the expected `.npz` files: sub-byte unsigned types are
-# stored one element per uint8, int4 one element per int8.
+# numpy container of each MIL dtype in the expected `.npz` files. Sub-byte unsigned types are
+# stored one element per uint8, and int4 one element per int8.
 CONTAINERS = {
     "fp16": np.float16,
     "fp32": np.float32,
@@ -205,6 +205,10 @@ def expected_op_types(target: str, compression: list[dict[str, Any]]) -> list[st
 
 def test_index_lists_format_fixtures():
     assert len(FORMAT_ENTRIES) > 0
+
+
+def test_index_lists_model_fixtures():
+    assert len(MODEL_ENTRIES) > 0
 
 
 def test_index_names_are_unique():
