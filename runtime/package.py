@@ -366,6 +366,8 @@ def _check_relative(relative: str, *, where: str) -> None:
         raise PackagePathError(f"{where}: expected a relative path inside the package")
     if ".." in parts:
         raise PackagePathError(f"{where}: '..' is not allowed; the path must stay inside the package")
+    if "\x00" in relative:
+        raise PackagePathError(f"{where}: the path contains a NUL character")
 
 
 def _resolve_inside(real_root: Path, path: Path, *, what: str) -> Path:
@@ -374,8 +376,8 @@ def _resolve_inside(real_root: Path, path: Path, *, what: str) -> Path:
         resolved = path.resolve(strict=True)
     except FileNotFoundError:
         raise PackageError(f"{what}: {path} not found") from None
-    except (OSError, RuntimeError) as err:
-        raise PackageError(f"{what}: cannot resolve {path}: {err}") from err
+    except (OSError, RuntimeError, ValueError) as err:
+        raise PackageError(f"{what}: failed to resolve {path}: {err}") from err
     if not resolved.is_relative_to(real_root):
         raise PackagePathError(f"{what}: {path} resolves to {resolved}, outside the package {real_root}")
     return resolved

@@ -348,6 +348,7 @@ def test_unknown_manifest_version_is_rejected(packages, tmp_path):
         ("/etc/hostname", "expected a relative path inside the package"),
         ("com.apple.CoreML/../../Manifest.json", "'..' is not allowed"),
         ("", "expected a relative path inside the package"),
+        ("com.apple.CoreML/model.mlmodel\x00", "the path contains a NUL character"),
     ],
 )
 def test_manifest_path_must_stay_inside(packages, tmp_path, model_path, message):
@@ -483,6 +484,7 @@ def set_file_name(file_name):
         ("@model_path/../../../weight.bin", "'..' is not allowed"),
         ("@model_path/weights/../weights/weight.bin", "'..' is not allowed"),
         ("@model_path/", "expected a relative path inside the package"),
+        ("@model_path/weights/weight.bin\x00.txt", "the path contains a NUL character"),
     ],
 )
 def test_blob_path_must_stay_inside(packages, tmp_path, file_name, message):
