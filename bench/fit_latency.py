@@ -38,9 +38,10 @@ def _rows(table: str, model: str, dense_ms: float, rows: dict[str, float | tuple
     return out
 
 
-# Table A: iPhone 14 Pro (A16), iOS 17, compute units ALL. The ResNet50 75% sparse row is kept
-# aside by the notes this fit was prepared from, so it is not listed. CenterNet and MobileViTv2
-# cannot be rebuilt (head and input size, and the cvnets model, are not published in full).
+# Table A: iPhone 14 Pro (A16), iOS 17, compute units ALL. The ResNet50 75% sparse row is
+# withheld from this list and reserved for an independent check of the fit. CenterNet and
+# MobileViTv2 cannot be rebuilt, because their head and input size, and the cvnets model, are
+# not published in full.
 TABLE_A = (
     _rows("A", "resnet50", 1.52, {
         "sp50": (1.46, 1.77), "pal2": (1.43, 7.63), "pal4": (1.41, 3.9), "pal6": (1.37, 2.65),
@@ -76,8 +77,10 @@ def _free(prior: float, low: float, high: float, sigma: float = 1.0) -> dict:
     return {"prior": prior, "bounds": [low, high], "prior_sigma": sigma}
 
 
-# Priors and bounds shared by the Neural Engine profiles. Peak figures: 17 TOPS (A16) and 35 int8
-# TOPS (A17 Pro), i.e. about 8.5 fp16 TMAC/s; 51.2 GB/s LPDDR5 on both phones.
+# Priors and bounds shared by the Neural Engine profiles. Apple rates the A16 Neural Engine at
+# 17 TOPS and the A17 Pro's at 35 int8 TOPS, about 8.5 fp16 TMAC/s in both cases, which bounds
+# every compute rate. 51.2 GB/s is a 64-bit LPDDR5-6400 bus.
+# NOTE: the 51.2 GB/s figure is unverified for the A17 Pro.
 _NE_FREE = {
     "dense_weight_efficiency": _free(1.0, 0.3, 1.0, 0.5),
     "conv_tmacs": _free(3.4, 0.5, 8.5),
@@ -174,7 +177,7 @@ def profile_data(name: str, fixed_overrides: dict | None = None) -> dict:
 
 
 def fit(name: str, console: Console, fitted: dict[str, dict]) -> dict:
-    """Fit profile ``name`` and return its JSON form; ``fitted`` holds profiles fitted earlier."""
+    """Fit profile ``name`` and return its JSON form; ``fitted`` contains the profiles fitted earlier."""
     spec = SPECS[name]
     for parameter, source in spec.get("carry_prior", {}).items():
         spec["free"][parameter] = {**spec["free"][parameter], "prior": fitted[source]["parameters"][parameter]}

@@ -182,7 +182,6 @@ def _macs(
     weight_shape: tuple[int, ...],
     input_shape: tuple[int, ...],
     output_shape: tuple[int, ...],
-    groups: int,
     transpose_y: bool,
     name: str,
 ) -> int:
@@ -194,10 +193,10 @@ def _macs(
     if op == "conv_transpose":
         # Each input element scatters into Cout/groups * prod(K) outputs.
         return math.prod(input_shape) * math.prod(weight_shape[1:])
-    # matmul: the reduced dimension is K of y [.., K, N] (N of y [.., N, K] when transposed).
-    reduced = weight_shape[-1] if transpose_y else weight_shape[-2]
+    # matmul: the reduced dimension is K of y [.., K, N] (y is [.., N, K] when transposed).
     if len(weight_shape) < 2:
         raise ShapeError(f"{name}: matmul operand y has rank {len(weight_shape)}; expected rank 2 or more")
+    reduced = weight_shape[-1] if transpose_y else weight_shape[-2]
     return math.prod(output_shape) * reduced
 
 
@@ -302,7 +301,7 @@ def layer_cost(
     _check_shapes(op, weight_shape, input_shape, output_shape, groups, name)
     elements = element_count(weight_shape, name=f"{name} weight")
     activation_bits = by_name(activation_dtype)
-    macs = _macs(op, weight_shape, input_shape, output_shape, groups, transpose_y, name)
+    macs = _macs(op, weight_shape, input_shape, output_shape, transpose_y, name)
 
     input_bytes = _bytes_of(math.prod(input_shape), activation_bits.name)
     output_bytes = _bytes_of(math.prod(output_shape), activation_bits.name)

@@ -228,8 +228,8 @@ def leave_one_out(profile: DeviceProfile) -> list[dict]:
     for row in problem.rows:
         if row.variant == row.dense_variant:
             continue
-        kept = [other for other in problem.rows if other is not row]
-        x, _ = problem.solve(kept)
+        remaining = [other for other in problem.rows if other is not row]
+        x, _ = problem.solve(remaining)
         predicted = float(problem.predicted_ratio(problem.totals(x), row))
         published = row.ms / problem.reference_ms(row)
         results.append(

@@ -24,9 +24,10 @@ Each symbol and the assumption behind it:
   that a system-level cache keeps between back-to-back predictions, read at B_cache.
 * Activations live in an on-chip buffer. A layer whose input plus output is larger than it is
   taken to spill a fraction a of those bytes to DRAM, once.
-* z_l is the fraction of aligned all-zero groups of the profile's skip size along its skip axis
-  (exact from a real mask, or from the density model of a statistical one); k is the fraction
-  of those groups whose MACs the hardware skips. Weights expanded before dispatch skip nothing.
+* z_l is the fraction of aligned all-zero groups of the profile's skip size along its skip axis.
+  It is exact for a real mask and comes from the density model for a statistical one. k is the
+  fraction of those groups whose MACs the hardware skips. Weights expanded before dispatch skip
+  nothing.
 * C depends on the rate class (conv, depthwise conv, linear); u is ``int8_speedup`` when both
   weights and activations are int8, else 1.
 * Decode runs in the weight-fetch path: it overlaps memory and compute in "max" profiles. A
@@ -254,6 +255,7 @@ def extrapolation_reasons(c: LayerCost, coverage: dict) -> list[str]:
     if not coverage:
         return ["the profile has no published rows"]
     reasons = []
+
     kind = c.rate_class if c.op in ("conv", "linear") else c.op
     if kind not in coverage.get("ops", []):
         reasons.append(f"op {kind} is not in the calibration rows")
@@ -261,6 +263,7 @@ def extrapolation_reasons(c: LayerCost, coverage: dict) -> list[str]:
         reasons.append(f"activation dtype {c.activation_dtype} is not in the calibration rows")
     if c.format == "dense" or not c.weight_bytes.total:
         return reasons
+
     if c.format not in coverage.get("formats", []):
         reasons.append(f"format {c.format} is not in the calibration rows")
     if "palettized" in c.format:
@@ -270,12 +273,14 @@ def extrapolation_reasons(c: LayerCost, coverage: dict) -> list[str]:
         if channels not in coverage.get("lut_channels_per_table", []):
             granularity = "one LUT per tensor" if channels == 0 else f"one LUT per {channels} channels"
             reasons.append(f"{granularity} is not in the calibration rows")
+
     if c.format == "affine":
         if c.nbits not in coverage.get("affine_nbits", []):
             reasons.append(f"{c.nbits}-bit affine weights are not in the calibration rows")
         axis_channels = c.weight_shape[1 if c.op == "conv_transpose" else 0]
         if c.n_scales > axis_channels:
             reasons.append("per-block scales are not in the calibration rows (only per-channel)")
+
     if c.mask is not None:
         if _structured(c):
             reasons.append("structured sparsity (block or n:m) is not in the calibration rows")

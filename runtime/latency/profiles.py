@@ -1,6 +1,6 @@
 """Device profiles: the fitted parameters of the latency model for one chip, OS and compute unit.
 
-A profile is a JSON file ``profiles/<chip>-<os>-<unit>.json`` shipped with the package. It holds
+A profile is a JSON file ``profiles/<chip>-<os>-<unit>.json`` shipped with the package. It contains
 the model's parameters (bandwidth, compute rates, overheads, decode rates, skip rule), which
 weight formats stream compressed and which are expanded to fp16 before dispatch, the published
 rows it was fitted on, and its residuals. ``bench/fit_latency.py`` writes these files; the model
@@ -65,7 +65,8 @@ PARAMETERS: tuple[str, ...] = (
     "skip_efficiency",
 )
 
-# Weight formats a profile says stream compressed or are expanded to fp16 before dispatch.
+# Keys of a profile's stream flags: each format either streams compressed or is expanded to fp16
+# before dispatch.
 STREAM_KEYS: tuple[str, ...] = ("sparse", "palettized", "affine", "affine_int8_activations")
 
 # Parameters that divide a quantity: they must be strictly positive. The rest may be 0.
@@ -99,7 +100,7 @@ class PublishedRow:
         ms: published latency, milliseconds.
         dense_variant: the variant of the same table that the ratio is taken to.
         cr: published compression ratio, when given.
-        use: False for a row kept out of the fit (its ``note`` says why).
+        use: False for a row kept out of the fit (its ``note`` gives the reason).
         note: reason for excluding or flagging the row.
     """
 

@@ -18,7 +18,7 @@ from importlib import resources
 from ..errors import SparseblobError
 from .costs import LayerCost
 
-__all__ = ["pack_costs", "unpack_costs", "calibration_models", "load_calibration"]
+__all__ = ["pack_costs", "unpack_costs", "calibration_models", "load_calibration", "calibration_recipes"]
 
 _SHAPE_FIELDS = ("name", "op", "weight_shape", "input_shape", "output_shape", "groups")
 _PREFIX = "calibration-"

@@ -143,7 +143,7 @@ def test_leave_one_out_within_ten_percent(loo):
             assert abs(results[key]["error"]) > 0.10, f"{key} now passes; remove it from KNOWN_MISSES"
 
 
-def test_leave_one_out_beats_no_change_where_it_misses(loo):
+def test_leave_one_out_beats_no_change(loo):
     _, _, results = loo
     for key, row in results.items():
         if abs(row["null_error"]) > 0.10:

@@ -13,7 +13,7 @@ from sparseblob.runtime.package import load  # noqa: E402
 
 from ._packages import build_package  # noqa: E402
 
-# Every package holds linear [64, 128] on x [1, 128] and conv [32, 16, 3, 3] (valid padding) on
+# Every package contains linear [64, 128] on x [1, 128] and conv [32, 16, 3, 3] (valid padding) on
 # y [1, 16, 8, 8]; see tests/runtime/_packages.py.
 LINEAR_N = 64 * 128
 CONV_N = 32 * 16 * 9
