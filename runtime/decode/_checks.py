@@ -12,7 +12,6 @@ from collections.abc import Collection
 import numpy as np
 
 from ..errors import (
-    MaskError,
     NonFiniteError,
     ParameterShapeError,
     ShapeError,
@@ -31,7 +30,6 @@ __all__ = [
     "integer_scalar",
     "normalize_axis",
     "byte_mask",
-    "check_byte_mask",
     "bits_view",
 ]
 
@@ -50,8 +48,8 @@ _MIL_NAMES = {
 
 
 def describe(op_type: str, name: str) -> str:
-    """Return the prefix of an error message: the op type and the op name."""
-    return f"{op_type} {name!r}"
+    """Return the prefix of an error message: the op type, and the op name unless it is the same."""
+    return op_type if name == op_type else f"{op_type} {name!r}"
 
 
 def mil_dtype_name(dtype: np.dtype) -> str:
@@ -90,10 +88,15 @@ def require_finite(array: np.ndarray, *, param: str, where: str) -> None:
     """Raise NonFiniteError if a floating-point ``array`` contains NaN or an infinity."""
     if array.dtype.kind != "f" or array.size == 0:
         return
-    finite = np.isfinite(array)
-    if finite.all():
+    if array.dtype == np.float16:
+        # An fp16 value is NaN or infinite when its 5 exponent bits are all set, and testing
+        # the bits is much faster than numpy's fp16 isfinite.
+        non_finite = (array.view(np.uint16) & 0x7C00) == 0x7C00
+    else:
+        non_finite = ~np.isfinite(array)
+    if not non_finite.any():
         return
-    position = tuple(int(i) for i in np.argwhere(~finite)[0])
+    position = tuple(int(i) for i in np.argwhere(non_finite)[0])
     raise NonFiniteError(
         f"{where}: {param} contains {array[position]!r} at index {list(position)}; "
         f"expected only finite values"
@@ -129,29 +132,6 @@ def byte_mask(mask: np.ndarray, *, param: str, where: str) -> np.ndarray:
         return mask.view(np.uint8)
     require_dtype(mask, (np.dtype(np.uint8),), param=param, where=where)
     return mask
-
-
-def check_byte_mask(
-    mask: np.ndarray, value_count: int, *, param: str, values_param: str, where: str
-) -> None:
-    """Check that a uint1 mask holds only 0 and 1 and sets as many bits as there are values.
-
-    Raises:
-        MaskError: a mask element is neither 0 nor 1, or the number of ones differs from
-            ``value_count``.
-    """
-    if mask.size and int(mask.max()) > 1:
-        position = tuple(int(i) for i in np.argwhere(mask > 1)[0])
-        raise MaskError(
-            f"{where}: {param} contains {int(mask[position])} at index {list(position)}; "
-            f"expected a uint1 mask of 0 and 1"
-        )
-    ones = int(np.count_nonzero(mask))
-    if ones != value_count:
-        raise MaskError(
-            f"{where}: {param} has {ones} set bits, but {values_param} has {value_count} "
-            f"values; expected one value per set bit"
-        )
 
 
 def bits_view(array: np.ndarray) -> np.ndarray:

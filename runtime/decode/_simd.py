@@ -26,6 +26,8 @@ __all__ = [
     "expand_byte_mask",
     "expand_bit_mask",
     "lookup_vector",
+    "shift_scale_vector",
+    "popcount64",
     "half_bits",
     "float32_from_half_bits",
     "float32_bits",
@@ -185,6 +187,81 @@ def lookup_vector(typingctx, table, table_start, indices, index_position, out, o
         return context.get_dummy_value()
 
     return types.none(table, table_start, indices, index_position, out, out_position), codegen
+
+
+def _widen_vector(builder, vector, element_type):
+    """Convert a vector of source elements to float32 lanes, exactly."""
+    lanes = vector.type.count
+    float_vector = ir.VectorType(ir.FloatType(), lanes)
+    if element_type == types.float32:
+        return vector
+    if element_type == types.uint16:
+        halves = builder.bitcast(vector, ir.VectorType(ir.HalfType(), lanes))
+        return builder.fpext(halves, float_vector)
+    if element_type.signed:
+        return builder.sitofp(vector, float_vector)
+    return builder.uitofp(vector, float_vector)
+
+
+@intrinsic
+def shift_scale_vector(typingctx, data, position, offset, scale, out):
+    """Write one vector ``out[position + k] = (float32(data[position + k]) - offset) * scale``.
+
+    ``data`` is int8, uint8, uint16 (fp16 bits) or float32; ``out`` is uint16 (fp16 bits,
+    rounded to nearest even) or float32. Each operation rounds as its scalar float32
+    counterpart does, so the result equals the element-by-element loop.
+    """
+    if not isinstance(data, types.Array) or not isinstance(out, types.Array):
+        return None
+    if data.dtype not in (types.int8, types.uint8, types.uint16, types.float32):
+        return None
+    if out.dtype not in (types.uint16, types.float32) or offset != types.float32 or scale != types.float32:
+        return None
+    lanes = _lane_count(out)
+
+    def codegen(context, builder, signature, args):
+        data_type, _, _, _, out_type = signature.args
+        data_value, position, offset_value, scale_value, out_value = args
+        source_vector = ir.VectorType(context.get_data_type(data_type.dtype), lanes)
+
+        source = _element_pointer(context, builder, data_type, data_value, position)
+        loaded = builder.load(builder.bitcast(source, source_vector.as_pointer()), align=1)
+        values = _widen_vector(builder, loaded, data_type.dtype)
+
+        splat_offset = _splat(builder, offset_value, lanes)
+        splat_scale = _splat(builder, scale_value, lanes)
+        result = builder.fmul(builder.fsub(values, splat_offset), splat_scale)
+        if out_type.dtype == types.uint16:
+            halves = builder.fptrunc(result, ir.VectorType(ir.HalfType(), lanes))
+            result = builder.bitcast(halves, ir.VectorType(ir.IntType(16), lanes))
+
+        target = _element_pointer(context, builder, out_type, out_value, position)
+        builder.store(result, builder.bitcast(target, result.type.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.none(data, position, offset, scale, out), codegen
+
+
+def _splat(builder, scalar, lanes):
+    """Return a vector with ``scalar`` in every lane."""
+    vector_type = ir.VectorType(scalar.type, lanes)
+    single = builder.insert_element(ir.Constant(vector_type, None), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(single, ir.Constant(vector_type, None), ir.Constant(ir.VectorType(_I32, lanes), None))
+
+
+@intrinsic
+def popcount64(typingctx, word):
+    """Return the number of set bits of a uint64."""
+    if word != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        ctpop = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64"
+        )
+        return builder.call(ctpop, [args[0]])
+
+    return types.uint64(word), codegen
 
 
 @intrinsic

@@ -35,7 +35,6 @@ from ._checks import (
     INTEGER_DTYPES,
     bits_view,
     byte_mask,
-    check_byte_mask,
     describe,
     integer_scalar,
     normalize_axis,
@@ -44,7 +43,7 @@ from ._checks import (
     require_rank,
 )
 from ._simd import VECTOR_BYTES, lookup_vector, vector_lanes
-from .sparse import dense_shape, scatter_byte_mask
+from .sparse import check_byte_mask, dense_shape, scatter_byte_mask
 
 __all__ = [
     "LUT_TO_DENSE",
@@ -90,46 +89,57 @@ def _lookup_rows(codes, tables, out, dims, blocks, table_strides, strides, vecto
     table_step, step = table_strides[last], strides[last]
     counter = np.zeros(last, np.int64)
     for row in range(row_count(dims)):
-        table_base, base = row_bases(counter, blocks, table_strides, strides)
+        table, base = row_bases(counter, blocks, table_strides, strides)
         out_base = row * length
-        if step == 1:
-            for start in range(0, length, block):
-                _lookup_segment(
-                    tables,
-                    table_base + (start // block) * table_step,
-                    codes,
-                    base + start,
-                    out,
-                    out_base + start,
-                    min(block, length - start),
-                    vectorized,
-                )
-        else:
-            # The innermost axis is the vector axis: one index, a different LUT column per element.
-            code = codes[base]
-            for column in range(length):
-                out[out_base + column] = tables[table_base + (column // block) * table_step + code]
+        for start in range(0, length, block):
+            count = min(block, length - start)
+            if step == 1:
+                _lookup_segment(tables, table, codes, base + start, out, out_base + start, count, vectorized)
+            else:
+                # The innermost axis is the vector axis: one index, a new LUT column per block.
+                code = codes[base]
+                for k in range(count):
+                    out[np.uint64(out_base + start + k)] = tables[np.uint64(table + code)]
+            table += table_step
         next_row(counter, dims)
 
 
 @numba.njit(nogil=True)
 def _lookup_masked_rows(mask, codes, sequential, tables, values, dims, blocks, table_strides, strides):
     # With ``sequential`` the codes are the non-zero data, one per set mask element in C
-    # order; otherwise ``codes`` is dense and shares the layout of ``mask``.
+    # order. Otherwise ``codes`` is dense and has the layout of ``mask``.
     last = dims.size - 1
     length, block = dims[last], blocks[last]
     table_step, step = table_strides[last], strides[last]
     counter = np.zeros(last, np.int64)
     written = 0
     for _ in range(row_count(dims)):
-        table_base, base = row_bases(counter, blocks, table_strides, strides)
-        for column in range(length):
-            position = base + column * step
-            if mask[position] != 0:
-                code = codes[written] if sequential else codes[position]
-                values[written] = tables[table_base + (column // block) * table_step + code]
-                written += 1
+        table, base = row_bases(counter, blocks, table_strides, strides)
+        for start in range(0, length, block):
+            for column in range(start, min(start + block, length)):
+                position = np.uint64(base + column * step)
+                if mask[position] != 0:
+                    code = codes[written] if sequential else codes[position]
+                    values[written] = tables[np.uint64(table + code)]
+                    written += 1
+            table += table_step
         next_row(counter, dims)
+
+
+@numba.njit(nogil=True)
+def _copy_byte_entries(packed, table, words, out):
+    # Packed byte b selects ``words`` consecutive words of the table, written to words
+    # [b * words, (b + 1) * words) of the output.
+    if words == 1:
+        # A plain gather, kept separate because LLVM optimizes it much better.
+        for b in range(out.size):
+            out[np.uint64(b)] = table[packed[np.uint64(b)]]
+        return
+    for b in range(out.size // words):
+        source = packed[np.uint64(b)] * words
+        target = b * words
+        for k in range(words):
+            out[np.uint64(target + k)] = table[np.uint64(source + k)]
 
 
 @dataclass(frozen=True)
@@ -192,6 +202,30 @@ def _lookup_dense(codes: np.ndarray, lut: np.ndarray, vector_axis: int | None, o
     )
 
 
+def _lookup_packed(indices: np.ndarray, lut: np.ndarray, nbits: int, out: np.ndarray) -> None:
+    """Look up indices packed ``nbits`` (1, 2, 4 or 8) to a byte, one packed byte at a time.
+
+    A 256-row table holds the 8 / nbits LUT values that each possible byte decodes to, so
+    every packed byte turns into one row copy, with no unpacked index array.
+    """
+    per_byte = 8 // nbits
+    bits = np.dtype(f"u{lut.dtype.itemsize}")
+    shifts = np.arange(per_byte, dtype=np.uint16) * nbits
+    codes = (np.arange(256, dtype=np.uint16)[:, None] >> shifts) & ((1 << nbits) - 1)
+    table = np.ascontiguousarray(lut.view(bits)[codes])
+
+    entry_bytes = per_byte * lut.dtype.itemsize
+    word = np.dtype(f"u{min(8, entry_bytes)}")
+    flat = out.reshape(-1).view(bits)
+    full = flat.size // per_byte
+    if full:
+        target = flat[: full * per_byte].view(word)
+        _copy_byte_entries(indices, table.view(word).reshape(-1), entry_bytes // word.itemsize, target)
+    rest = flat.size - full * per_byte
+    if rest:
+        flat[full * per_byte :] = table[indices[full], :rest]
+
+
 def _validate_lut(
     lut: np.ndarray,
     shape: Sequence[int],
@@ -206,6 +240,11 @@ def _validate_lut(
         ``vector_axis`` in ``[0, K)`` when the vector size is above 1, else None.
     """
     require_dtype(lut, LUT_DTYPES, param="lut", where=where)
+    if nbits is not None and nbits not in INDEX_BITS:
+        raise UnknownDtypeError(
+            f"{where}: the indices are uint{nbits}; expected one of "
+            f"{', '.join(f'uint{bits}' for bits in INDEX_BITS)}"
+        )
     rank = len(shape)
     if lut.ndim != rank + 2:
         raise ParameterShapeError(
@@ -228,11 +267,6 @@ def _validate_lut(
             f"{INDEX_BITS}"
         )
     if nbits is not None:
-        if nbits not in INDEX_BITS:
-            raise UnknownDtypeError(
-                f"{where}: the indices are uint{nbits}; expected one of "
-                f"{', '.join(f'uint{bits}' for bits in INDEX_BITS)}"
-            )
         if palette != 1 << nbits:
             raise ParameterShapeError(
                 f"{where}: lut.shape[-2] is {palette}, but the indices are uint{nbits}; "
@@ -310,7 +344,7 @@ def lut_to_dense_ios16(
     require_finite(lut, param="lut", where=where)
 
     output_shape = dense_shape(shape, where=where)
-    count = element_count(output_shape, name=f"{where}: shape", max_elements=max_elements)
+    count = element_count(output_shape, name=f"{where}: output", max_elements=max_elements)
     nbits = lut.size.bit_length() - 1
     expected_bytes = bitpack.packed_size(count, nbits)
     if indices.size != expected_bytes:
@@ -319,9 +353,13 @@ def lut_to_dense_ios16(
             f"{count} elements of {nbits} bits; expected {expected_bytes} bytes"
         )
 
-    codes = bitpack.unpack_bits(indices, nbits, count, name=f"{where}: indices")
     out = np.empty(output_shape, dtype=lut.dtype)
-    _lookup_dense(codes, lut.reshape(1, lut.size, 1), None, out)
+    if nbits in (1, 2, 4, 8):
+        _lookup_packed(np.ascontiguousarray(indices), lut, nbits, out)
+    else:
+        # 6-bit indices straddle bytes: unpack them first.
+        codes = bitpack.unpack_bits(indices, nbits, count, name=f"{where}: indices")
+        _lookup_dense(codes, lut.reshape(1, lut.size, 1), None, out)
     return out
 
 

@@ -208,12 +208,12 @@ def decode_op(
     try:
         family = opset_family(opset)
     except UnsupportedOpError as error:
-        raise UnsupportedOpError(f"{op_type} {name!r}: {error}") from None
+        raise UnsupportedOpError(f"{describe(op_type, name)}: {error}") from None
     ops = _OPS_BY_FAMILY[family]
     op = ops.get(op_type)
     if op is None:
         raise UnsupportedOpError(
-            f"{op_type} {name!r}: op type {op_type!r} is not supported in opset {opset} "
+            f"{describe(op_type, name)}: op type {op_type!r} is not supported in opset {opset} "
             f"({family} definitions); expected one of {sorted(ops)}"
         )
 
@@ -221,13 +221,13 @@ def decode_op(
     missing = [param for param in op.required if param not in given]
     if missing:
         raise PackageError(
-            f"{op_type} {name!r}: missing parameter(s) {missing}; expected {list(op.required)}"
+            f"{describe(op_type, name)}: missing parameter(s) {missing}; expected {list(op.required)}"
             + (f" and optionally {list(op.optional)}" if op.optional else "")
         )
     unknown = sorted(given - set(op.required) - set(op.optional))
     if unknown:
         raise PackageError(
-            f"{op_type} {name!r}: unknown parameter(s) {unknown} for {family} {op_type}; "
+            f"{describe(op_type, name)}: unknown parameter(s) {unknown} for {family} {op_type}; "
             f"expected {list(op.required) + list(op.optional)}"
         )
 

@@ -25,17 +25,8 @@ import numpy as np
 from .. import bitpack
 from ..errors import MaskError, ShapeError
 from ..limits import DEFAULT_MAX_ELEMENTS, element_count
-from ._checks import (
-    FLOAT_DTYPES,
-    INTEGER_DTYPES,
-    bits_view,
-    byte_mask,
-    check_byte_mask,
-    describe,
-    require_dtype,
-    require_rank,
-)
-from ._simd import expand_bit_mask, expand_byte_mask, vector_lanes
+from ._checks import FLOAT_DTYPES, INTEGER_DTYPES, bits_view, byte_mask, describe, require_dtype, require_rank
+from ._simd import expand_bit_mask, expand_byte_mask, popcount64, vector_lanes
 
 __all__ = [
     "SPARSE_TO_DENSE",
@@ -43,6 +34,7 @@ __all__ = [
     "sparse_to_dense_ios16",
     "sparse_to_dense_ios18",
     "dense_shape",
+    "check_byte_mask",
     "scatter_byte_mask",
 ]
 
@@ -82,6 +74,53 @@ def _scatter_bit_mask(mask_bits, values, out):
             read += 1
         else:
             out[position] = 0
+
+
+@numba.njit(nogil=True)
+def _mask_word_bits(words):
+    # Returns the set bits of all words and the OR of every bit that a 0/1 byte cannot have.
+    ones = 0
+    invalid = np.uint64(0)
+    for k in range(words.size):
+        word = words[np.uint64(k)]
+        invalid |= word & np.uint64(0xFEFEFEFEFEFEFEFE)
+        ones += popcount64(word)
+    return ones, invalid
+
+
+def check_byte_mask(
+    mask: np.ndarray, value_count: int, *, param: str, values_param: str, where: str
+) -> None:
+    """Check that a uint1 mask contains only 0 and 1, and as many ones as there are values.
+
+    Args:
+        mask: the mask, one uint8 element per dense element.
+        value_count: the number of values that the mask must select.
+        param: MIL name of the mask, for messages.
+        values_param: MIL name of the values, for messages.
+        where: op type and name, for messages.
+
+    Raises:
+        MaskError: a mask element is neither 0 nor 1, or the number of ones differs from
+            ``value_count``.
+    """
+    flat = np.ascontiguousarray(mask).reshape(-1)
+    word_end = flat.size - flat.size % 8
+    # Eight mask bytes per uint64: one pass checks the values and counts the ones.
+    ones, invalid = _mask_word_bits(flat[:word_end].view(np.uint64))
+    tail = flat[word_end:]
+    if invalid or (tail.size and int(tail.max()) > 1):
+        position = tuple(int(i) for i in np.argwhere(mask > 1)[0])
+        raise MaskError(
+            f"{where}: {param} contains {int(mask[position])} at index {list(position)}; "
+            f"expected a uint1 mask of 0 and 1"
+        )
+    ones = int(ones) + int(np.count_nonzero(tail))
+    if ones != value_count:
+        raise MaskError(
+            f"{where}: {param} has {ones} set bits, but {values_param} has {value_count} "
+            f"values; expected one value per set bit"
+        )
 
 
 def scatter_byte_mask(mask: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
@@ -155,7 +194,7 @@ def sparse_to_dense_ios16(
     require_rank(mask, (1,), param="mask", where=where)
 
     output_shape = dense_shape(shape, where=where)
-    count = element_count(output_shape, name=f"{where}: shape", max_elements=max_elements)
+    count = element_count(output_shape, name=f"{where}: output", max_elements=max_elements)
     expected_bytes = (count + 7) // 8
     if mask.size != expected_bytes:
         raise ShapeError(
