@@ -45,7 +45,7 @@ def test_threshold_matches_coremltools(shape, threshold):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
-def test_magnitude_matches_coremltools_or_prunes_fewer(shape, sparsity):
+def test_magnitude_count_against_percentile(shape, sparsity):
     weight = _distinct_weight(shape, 2)
     expected = _coremltools_pruned(prune_weights.compress_by_magnitude(weight, sparsity))
     ours = apply_mask(weight, magnitude_mask(weight, sparsity))
@@ -92,7 +92,7 @@ def test_block_matches_coremltools(shape, axis, block_size, sparsity):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_block_with_partial_block_differs_from_coremltools(seed):
+def test_partial_block_count_differs(seed):
     # Axis 0 of length 10 in blocks of 4 gives 3 x 8 = 24 blocks, the last ones of 2 elements.
     # coremltools applies its percentile to per-element scores, where a partial block weighs 2
     # and a full one 4, so it prunes more than half of the blocks here; this encoder prunes
@@ -132,7 +132,7 @@ def test_fp16_weights_match_coremltools():
         assert_bits_equal(apply_mask(weight, ours), _coremltools_pruned(params), "pruned")
 
 
-def test_coremltools_skips_large_blocks_that_this_encoder_prunes(caplog):
+def test_large_blocks_pruned_not_skipped(caplog):
     weight = _distinct_weight((6, 8), 7)
     with caplog.at_level(logging.WARNING):
         assert prune_weights.compress_by_magnitude(weight, 0.5, block_size=4, dim=0) is None

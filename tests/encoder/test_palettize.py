@@ -188,7 +188,7 @@ def test_vector_nonzero_palettization_keeps_whole_vectors():
     assert_bits_equal(decode(params), pruned, "decoded")
 
 
-def test_group_size_not_dividing_channels_leaves_weight_untouched():
+def test_indivisible_group_leaves_weight_untouched():
     weight = np.random.default_rng(4).standard_normal((6, 8)).astype(np.float16)
     before = weight.copy()
     for call in (palettize_weight, palettize_nonzero, palettize_scaled, palettize_quantized_lut):
@@ -241,7 +241,7 @@ def test_ios16_form_decodes_identically():
         ({"nbits": 2, "cluster_dim": 2}, "one scalar LUT per tensor"),
     ],
 )
-def test_ios16_form_rejects_what_it_cannot_express(kwargs, message):
+def test_ios16_form_rejects_inexpressible(kwargs, message):
     weight = np.random.default_rng(7).standard_normal((8, 10)).astype(np.float16)
     with pytest.raises(EncodingError, match=message):
         palettize_weight(weight, **kwargs).to_ios16()

@@ -231,7 +231,7 @@ def test_ios16_form_decodes_identically(dtype, mode, granularity):
         ({"granularity": "per_block", "block_size": 5}, r"scale has shape \[6, 2\] \(per block\)"),
     ],
 )
-def test_ios16_form_rejects_what_it_cannot_express(kwargs, message):
+def test_ios16_form_rejects_inexpressible(kwargs, message):
     weight = np.random.default_rng(2).standard_normal((6, 10)).astype(np.float16)
     with pytest.raises(EncodingError, match=message):
         quantize_weight(weight, **kwargs).to_ios16()
