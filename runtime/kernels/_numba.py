@@ -10,7 +10,7 @@ Two families:
   ``*_decode_scalar`` variants compile everywhere and handle every group layout.
 
 All kernels take the value payload as the same run of arguments, ``mode, data16, data32,
-codes, table, width, scale, offset, round_fp16`` (see :class:`.formats.Payload`), and the
+codes, table, width, scale, offset, rounding`` (see :class:`.formats.Payload`), and the
 group map as ``row_group`` plus ``chunk_group`` or ``column_group``. The group of a value is
 ``row_group[r] + column_group[c]``.
 
@@ -50,7 +50,7 @@ from ._simd import (
     vzero,
     vadd,
 )
-from .formats import AFFINE_INT8, FLOAT16, FLOAT32, LUT, LUT16
+from .formats import AFFINE_INT8, FLOAT16, FLOAT32, LUT, LUT16, ROUND_PRODUCT, ROUND_SHIFT
 
 # Reassociation lets LLVM split the accumulations; NaN and infinity keep IEEE semantics.
 _FASTMATH = {"contract", "reassoc"}
@@ -61,7 +61,7 @@ _FASTMATH = {"contract", "reassoc"}
 
 
 @njit(cache=False, inline="always")
-def _value(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, g):
+def _value(mode, data16, data32, codes, table, width, scale, offset, rounding, p, g):
     """Decode stored value ``p`` of group ``g`` to fp32."""
     if mode == FLOAT16:
         return half_to_float(data16[p])
@@ -73,14 +73,17 @@ def _value(mode, data16, data32, codes, table, width, scale, offset, round_fp16,
         code = np.float32(np.int8(codes[p]))
     else:
         code = np.float32(codes[p])
-    value = (code - offset[g]) * scale[g]
-    if round_fp16:
+    shifted = code - offset[g]
+    if rounding & ROUND_SHIFT:
+        shifted = round_to_half(shifted)
+    value = shifted * scale[g]
+    if rounding & ROUND_PRODUCT:
         value = round_to_half(value)
     return value
 
 
 @njit(cache=False, inline="always")
-def _vector(mode, data16, data32, codes, p, table_vector, table, gather_base, offset_vector, scale_vector, round_fp16):
+def _vector(mode, data16, data32, codes, p, table_vector, table, gather_base, offset_vector, scale_vector, rounding):
     """Decode stored values ``p .. p+15`` with per-lane group operands."""
     if mode == FLOAT16:
         return vload_f16(data16, p)
@@ -94,22 +97,27 @@ def _vector(mode, data16, data32, codes, p, table_vector, table, gather_base, of
         code = vload_i8(codes, p)
     else:
         code = vload_u8(codes, p)
-    value = vmul(vsub(code, offset_vector), scale_vector)
-    if round_fp16:
+    shifted = vsub(code, offset_vector)
+    if rounding & ROUND_SHIFT:
+        shifted = vround_f16(shifted)
+    value = vmul(shifted, scale_vector)
+    if rounding & ROUND_PRODUCT:
         value = vround_f16(value)
     return value
 
 
 @njit(cache=False, inline="always")
-def _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, g):
+def _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, p, g):
     """Decode stored values ``p .. p+15``, all of group ``g``."""
+    table_vector = vzero()
+    offset_vector = vzero()
+    scale_vector = vzero()
     if mode == LUT16:
-        return vpermute(vload(table, g * LANES), vload_index(codes, p))
-    if mode == LUT:
-        return vgather(table, g * width, vload_index(codes, p))
-    if mode == FLOAT16 or mode == FLOAT32:
-        return _vector(mode, data16, data32, codes, p, vzero(), table, 0, vzero(), vzero(), round_fp16)
-    return _vector(mode, data16, data32, codes, p, vzero(), table, 0, vsplat(offset[g]), vsplat(scale[g]), round_fp16)
+        table_vector = vload(table, g * LANES)
+    elif mode > LUT:
+        offset_vector = vsplat(offset[g])
+        scale_vector = vsplat(scale[g])
+    return _vector(mode, data16, data32, codes, p, table_vector, table, g * width, offset_vector, scale_vector, rounding)
 
 
 @njit(cache=False, inline="always")
@@ -125,7 +133,7 @@ def _low_lanes(count):
 @njit(parallel=True, fastmath=_FASTMATH, cache=False)
 def bitmask_gemv(
     chunk_masks, row_start, n_chunks, row_group, chunk_group,
-    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    mode, data16, data32, codes, table, width, scale, offset, rounding,
     x, y,
 ):  # fmt: skip
     """``y[r] = sum_c W[r, c] * x[c]`` for x of ``n_chunks * 16`` columns (AVX-512)."""
@@ -134,31 +142,23 @@ def bitmask_gemv(
         p = row_start[r]
         base = r * n_chunks
         row_base = row_group[r]
+        # Two accumulators, swapped every chunk, hide the latency of the fused multiply-add.
         acc0 = vzero()
         acc1 = vzero()
-        pairs = n_chunks // 2
-        for pair in range(pairs):
-            k = 2 * pair
-            mask0 = chunk_masks[base + k]
-            mask1 = chunk_masks[base + k + 1]
-            value0 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + chunk_group[k])
-            p += popcount(mask0)
-            value1 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + chunk_group[k + 1])
-            p += popcount(mask1)
-            acc0 = vfma(vexpand(value0, mask0), vload(x, k * LANES), acc0)
-            acc1 = vfma(vexpand(value1, mask1), vload(x, k * LANES + LANES), acc1)
-        if n_chunks % 2 == 1:
-            k = n_chunks - 1
-            mask0 = chunk_masks[base + k]
-            value0 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + chunk_group[k])
-            acc0 = vfma(vexpand(value0, mask0), vload(x, k * LANES), acc0)
+        for k in range(n_chunks):
+            mask = chunk_masks[base + k]
+            value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, p, row_base + chunk_group[k])
+            p += popcount(mask)
+            updated = vfma(vexpand(value, mask), vload(x, k * LANES), acc1)
+            acc1 = acc0
+            acc0 = updated
         y[r] = vhsum(vadd(acc0, acc1))
 
 
 @njit(parallel=True, cache=False)
 def bitmask_decode_simd(
     chunk_masks, row_start, n_chunks, row_group, chunk_group,
-    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    mode, data16, data32, codes, table, width, scale, offset, rounding,
     first_row, out,
 ):  # fmt: skip
     """Write rows ``first_row ..`` of the decoded weight to ``out`` (AVX-512).
@@ -174,7 +174,7 @@ def bitmask_decode_simd(
         row_base = row_group[r]
         for k in range(n_chunks):
             mask = chunk_masks[base + k]
-            value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + chunk_group[k])
+            value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, p, row_base + chunk_group[k])
             p += popcount(mask)
             vstore(out, i * columns_padded + k * LANES, vexpand(value, mask))
 
@@ -182,7 +182,7 @@ def bitmask_decode_simd(
 @njit(parallel=True, cache=False)
 def bitmask_decode_scalar(
     chunk_masks, row_start, n_chunks, row_group, column_group,
-    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    mode, data16, data32, codes, table, width, scale, offset, rounding,
     first_row, out,
 ):  # fmt: skip
     """Write rows ``first_row ..`` of the decoded weight to ``out`` ``[n, n_chunks * 16]``."""
@@ -195,7 +195,7 @@ def bitmask_decode_scalar(
             mask = np.uint32(chunk_masks[r * n_chunks + k])
             while mask != 0:
                 c = k * LANES + trailing_zeros(mask)
-                out[i, c] = _value(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + column_group[c])
+                out[i, c] = _value(mode, data16, data32, codes, table, width, scale, offset, rounding, p, row_base + column_group[c])
                 p += 1
                 mask &= mask - np.uint32(1)
 
@@ -210,7 +210,7 @@ def _make_row_blocks_gemv(block: int):
     @njit(parallel=True, fastmath=_FASTMATH, cache=False)
     def row_blocks_gemv(
         kept_columns, block_start, block_group, lane_scale, lane_offset,
-        mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+        mode, data16, data32, codes, table, width, scale, offset, rounding,
         x, y,
     ):  # fmt: skip
         """``y[r] = sum_c W[r, c] * x[c]`` for blocks of ``block`` rows (AVX-512).
@@ -232,14 +232,16 @@ def _make_row_blocks_gemv(block: int):
             elif mode > LUT:
                 offset_vector = vload(lane_offset, rb * LANES)
                 scale_vector = vload(lane_scale, rb * LANES)
-            acc = vzero()
+            acc0 = vzero()
+            acc1 = vzero()
             for step in range(0, count, per_step):
                 entry = first + step
-                value = _vector(mode, data16, data32, codes, entry * block, table_vector, table, group * width, offset_vector, scale_vector, round_fp16)
-                if count - step < per_step:
-                    value = vexpand(value, _low_lanes((count - step) * block))
-                acc = vfma(value, vsplat_pieces(x, kept_columns, entry, block), acc)
-            vstore_folded(y, rb * block, acc, block)
+                value = _vector(mode, data16, data32, codes, entry * block, table_vector, table, group * width, offset_vector, scale_vector, rounding)
+                lanes = min(count - step, per_step) * block
+                updated = vfma(vexpand(value, _low_lanes(lanes)), vsplat_pieces(x, kept_columns, entry, block), acc1)
+                acc1 = acc0
+                acc0 = updated
+            vstore_folded(y, rb * block, vadd(acc0, acc1), block)
 
     return row_blocks_gemv
 
@@ -247,7 +249,7 @@ def _make_row_blocks_gemv(block: int):
 @njit(parallel=True, cache=False)
 def row_blocks_decode_scalar(
     block, kept_columns, block_start, rows, row_group, column_group,
-    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    mode, data16, data32, codes, table, width, scale, offset, rounding,
     first_block, out,
 ):  # fmt: skip
     """Write the rows of blocks ``first_block ..`` to ``out`` ``[n_blocks * block, columns]``."""
@@ -262,7 +264,7 @@ def row_blocks_decode_scalar(
                 r = rb * block + lane
                 if r < rows:
                     p = entry * block + lane
-                    out[i * block + lane, c] = _value(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_group[r] + column_group[c])
+                    out[i * block + lane, c] = _value(mode, data16, data32, codes, table, width, scale, offset, rounding, p, row_group[r] + column_group[c])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def _make_column_blocks_gemv(block: int):
     @njit(parallel=True, fastmath=_FASTMATH, cache=False)
     def column_blocks_gemv(
         block_columns, row_start, row_group,
-        mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+        mode, data16, data32, codes, table, width, scale, offset, rounding,
         x, y,
     ):  # fmt: skip
         """``y[r] = sum_c W[r, c] * x[c]`` for rows of blocks of ``block`` columns (AVX-512).
@@ -289,21 +291,13 @@ def _make_column_blocks_gemv(block: int):
             group = row_group[r]
             acc0 = vzero()
             acc1 = vzero()
-            step = 0
-            while step + 2 * per_step <= count:
+            for step in range(0, count, per_step):
                 entry = first + step
-                value0 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, entry * block, group)
-                value1 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, (entry + per_step) * block, group)
-                acc0 = vfma(value0, vload_pieces(x, block_columns, entry, block), acc0)
-                acc1 = vfma(value1, vload_pieces(x, block_columns, entry + per_step, block), acc1)
-                step += 2 * per_step
-            while step < count:
-                entry = first + step
-                value0 = _group_vector(mode, data16, data32, codes, table, width, scale, offset, round_fp16, entry * block, group)
-                if count - step < per_step:
-                    value0 = vexpand(value0, _low_lanes((count - step) * block))
-                acc0 = vfma(value0, vload_pieces(x, block_columns, entry, block), acc0)
-                step += per_step
+                value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, entry * block, group)
+                lanes = min(count - step, per_step) * block
+                updated = vfma(vexpand(value, _low_lanes(lanes)), vload_pieces(x, block_columns, entry, block), acc1)
+                acc1 = acc0
+                acc0 = updated
             y[r] = vhsum(vadd(acc0, acc1))
 
     return column_blocks_gemv
@@ -312,7 +306,7 @@ def _make_column_blocks_gemv(block: int):
 @njit(parallel=True, cache=False)
 def column_blocks_decode_scalar(
     block, block_columns, row_start, columns, row_group, column_group,
-    mode, data16, data32, codes, table, width, scale, offset, round_fp16,
+    mode, data16, data32, codes, table, width, scale, offset, rounding,
     first_row, out,
 ):  # fmt: skip
     """Write rows ``first_row ..`` of the decoded weight to ``out`` ``[n, columns_padded]``."""
@@ -326,7 +320,7 @@ def column_blocks_decode_scalar(
                 c = start + lane
                 if c < columns:
                     p = entry * block + lane
-                    out[i, c] = _value(mode, data16, data32, codes, table, width, scale, offset, round_fp16, p, row_base + column_group[c])
+                    out[i, c] = _value(mode, data16, data32, codes, table, width, scale, offset, rounding, p, row_base + column_group[c])
 
 
 BLOCK_WIDTHS = (2, 4, 8, 16)

@@ -47,7 +47,7 @@ from functools import cached_property
 import numpy as np
 
 from .. import bitpack
-from ..errors import MaskError, NonFiniteError, ParameterShapeError, PatternError, ShapeError
+from ..errors import MaskError, NonFiniteError, ParameterShapeError, PatternError, ShapeError, UnsupportedOpError
 from ..limits import element_count
 from .patterns import NM, Blocks, Pattern, check_pattern, detect_pattern
 
@@ -60,6 +60,8 @@ __all__ = [
     "LUT",
     "AFFINE_UINT8",
     "AFFINE_INT8",
+    "ROUND_PRODUCT",
+    "ROUND_SHIFT",
     "LANES",
     "GroupMap",
     "Payload",
@@ -83,6 +85,11 @@ LUT16 = 2
 LUT = 3
 AFFINE_UINT8 = 4
 AFFINE_INT8 = 5
+
+# AFFINE rounding steps, matching numpy's fp16 arithmetic in coremltools' decompress: with an
+# fp16 scale the product is fp16, and with an fp16 offset the difference is fp16 too.
+ROUND_PRODUCT = 1
+ROUND_SHIFT = 2
 
 _MODE_NAMES = {FLOAT16: "fp16", FLOAT32: "fp32", LUT16: "lut", LUT: "lut", AFFINE_UINT8: "uint8", AFFINE_INT8: "int8"}
 
@@ -120,9 +127,11 @@ class Payload:
         width: entries per LUT group in ``table`` (16 for LUT16).
         scale: ``tensor<fp32, [groups]>`` (AFFINE modes).
         offset: ``tensor<fp32, [groups]>`` (AFFINE modes; zeros when Core ML has no offset).
-        round_fp16: decoded AFFINE values are rounded to fp16 (the scale dtype is fp16).
+        rounding: fp16 rounding steps of AFFINE decoding, a combination of ROUND_SHIFT (round
+            ``code - offset``) and ROUND_PRODUCT (round the product with the scale).
         dtype: dtype of the decoded weight in Core ML (fp16 or fp32).
-        group_counts: number of LUT or scale groups along each axis of the Core ML weight.
+        group_counts: number of LUT or scale groups along each axis of the Core ML weight; empty
+            for a row slice, which shares its parent's tables.
         size: number of stored values ``n``.
     """
 
@@ -134,7 +143,7 @@ class Payload:
     width: int
     scale: np.ndarray
     offset: np.ndarray
-    round_fp16: bool
+    rounding: int
     dtype: np.dtype
     group_counts: tuple[int, ...]
     size: int
@@ -212,7 +221,7 @@ def _float_payload(values: np.ndarray, rank: int) -> Payload:
         width=0,
         scale=np.zeros(0, np.float32),
         offset=np.zeros(0, np.float32),
-        round_fp16=False,
+        rounding=0,
         dtype=dtype,
         group_counts=(1,) * rank,
         size=0,
@@ -240,8 +249,10 @@ def decode_elements(payload: Payload, groups: np.ndarray | None) -> np.ndarray:
         return payload.table[groups * payload.width + elements]
     codes = elements.view(np.int8) if payload.mode == AFFINE_INT8 else elements
     shifted = codes.astype(np.float32) - payload.offset[groups]
+    if payload.rounding & ROUND_SHIFT:
+        shifted = shifted.astype(np.float16).astype(np.float32)
     values = shifted * payload.scale[groups]
-    if payload.round_fp16:
+    if payload.rounding & ROUND_PRODUCT:
         values = values.astype(np.float16).astype(np.float32)
     return values
 
@@ -674,6 +685,10 @@ def _normalize_pattern(pattern: Pattern | None, rank: int, name: str) -> Pattern
 def _build(name: str, mask: np.ndarray, payload_c: Payload, pattern: Pattern | None) -> CompressedWeight:
     """Build the layout for ``pattern`` from a Core ML mask and its values in C order."""
     shape = tuple(int(d) for d in mask.shape)
+    if len(payload_c.group_counts) != len(shape):
+        raise UnsupportedOpError(
+            f"{name}: the values have no group grid for shape {list(shape)}; a row slice of a weight cannot be rebuilt"
+        )
     pattern = _normalize_pattern(pattern, mask.ndim, name)
     if pattern is not None:
         check_pattern(mask, pattern, name)
@@ -802,7 +817,12 @@ def from_sparse_ios16(mask, nonzero_data, shape, *, name: str = "weight", patter
     """
     packed = np.asarray(mask)
     _require_dtype(packed, (np.uint8,), "mask", name)
-    dims = tuple(int(d) for d in np.asarray(shape).ravel())
+    shape_array = np.asarray(shape)
+    if shape_array.ndim != 1 or shape_array.dtype.kind not in "iu":
+        raise ShapeError(
+            f"{name}: shape is {shape_array.tolist()!r}; expected a rank-1 list of integer dimensions"
+        )
+    dims = tuple(int(d) for d in shape_array)
     count = element_count(dims, name=f"{name}: shape")
     expected = -(-count // 8)
     if packed.ndim != 1 or packed.size != expected:
@@ -867,7 +887,7 @@ def _lut_payload(lut: np.ndarray, indices: np.ndarray, counts: tuple[int, ...], 
         width=width,
         scale=np.zeros(0, np.float32),
         offset=np.zeros(0, np.float32),
-        round_fp16=False,
+        rounding=0,
         dtype=dtype,
         group_counts=counts,
         size=0,
@@ -970,7 +990,13 @@ def _affine_payload(data, scale, offset, mask, flat, name) -> Payload:
         position = tuple(int(i) for i in np.argwhere(~np.isfinite(scale))[0])
         raise NonFiniteError(f"{name}: scale contains {scale[position]!r} at index {list(position)}; expected finite values")
 
-    dtype = np.dtype(scale.dtype)
+    # Follow numpy's dtype promotion in coremltools' decompress: the data is cast to the scale
+    # dtype, ``data - offset`` takes the wider dtype of the two, and so does the product.
+    shift_dtype = np.result_type(scale.dtype, offset.dtype) if offset is not None else np.dtype(scale.dtype)
+    dtype = np.result_type(scale.dtype, shift_dtype)
+    # Integer offsets give exact differences, so only an fp16 offset needs the rounding step.
+    round_shift = shift_dtype == np.float16 and offset is not None and offset.dtype == np.float16
+    rounding = (ROUND_SHIFT if round_shift else 0) | (ROUND_PRODUCT if dtype == np.float16 else 0)
     scale32 = scale.astype(np.float32).ravel()
     offset32 = np.zeros(scale32.size, np.float32) if offset is None else offset.astype(np.float32).ravel()
     if data.dtype in _CODE_DTYPES:
@@ -983,17 +1009,20 @@ def _affine_payload(data, scale, offset, mask, flat, name) -> Payload:
             width=0,
             scale=scale32,
             offset=offset32,
-            round_fp16=dtype == np.float16,
-            dtype=dtype,
+            rounding=rounding,
+            dtype=np.dtype(dtype),
             group_counts=counts,
             size=0,
         )
         return _payload_from_elements(template, data.view(np.uint8))
 
-    # Float data with a scale: decode the nonzero values here, in fp32, rounded once.
+    # Float data with a scale: decode the nonzero values here with the same numpy operations.
     groups = _group_of_positions(flat, mask.shape, counts)
-    values = (data.astype(np.float32) - offset32[groups]) * scale32[groups]
-    return _float_payload(values.astype(dtype), mask.ndim)
+    shifted = data.astype(scale.dtype)
+    if offset is not None:
+        shifted = shifted - offset.ravel()[groups]
+    values = scale.ravel()[groups] * shifted
+    return _float_payload(values, mask.ndim)
 
 
 def from_sparse_shift_scale(
@@ -1092,10 +1121,28 @@ def transposed(weight: CompressedWeight) -> CompressedWeight:
         raise ShapeError(f"{weight.name}: only a rank-2 weight can be transposed; shape is {list(weight.shape)}")
     mask = weight.mask()
     payload = weight.c_order_payload()
+    if len(payload.group_counts) != 2:
+        raise UnsupportedOpError(f"{weight.name}: the values have no group grid; a row slice of a weight cannot be transposed")
     rows, columns = np.nonzero(mask)
     order = np.lexsort((rows, columns))
     payload = payload.take(order)
-    payload = replace(payload, group_counts=payload.group_counts[::-1])
+
+    # Group tables are stored in C order of the group grid, so they are transposed too.
+    counts = payload.group_counts
+    table = payload.table
+    if payload.mode in (LUT16, LUT):
+        table = table.reshape(*counts, payload.width).transpose(1, 0, 2).ravel()
+    scale, offset = payload.scale, payload.offset
+    if payload.mode >= AFFINE_UINT8:
+        scale = scale.reshape(counts).T.ravel()
+        offset = offset.reshape(counts).T.ravel()
+    payload = replace(
+        payload,
+        table=np.ascontiguousarray(table),
+        scale=np.ascontiguousarray(scale),
+        offset=np.ascontiguousarray(offset),
+        group_counts=counts[::-1],
+    )
     pattern = weight.pattern
     if pattern is not None:
         pattern = replace(pattern, axis=1 - pattern.axis)
@@ -1119,7 +1166,8 @@ def row_slice(weight: CompressedWeight, start: int, stop: int) -> CompressedWeig
         if not aligned:
             return row_slice(with_pattern(weight, None), start, stop)
 
-    payload = weight.payload
+    # The slice keeps the parent's group tables, so its payload has no group grid of its own.
+    payload = replace(weight.payload, group_counts=())
     groups = replace(weight.groups, row_group=np.ascontiguousarray(weight.groups.row_group[start:stop]))
     common = dict(
         name=f"{weight.name}[{start}:{stop}]",

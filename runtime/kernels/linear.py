@@ -68,7 +68,7 @@ class _KernelArgs:
 
 def _values(weight: CompressedWeight) -> tuple:
     p = weight.payload
-    return (p.mode, p.data16, p.data32, p.codes, p.table, p.width, p.scale, p.offset, p.round_fp16)
+    return (p.mode, p.data16, p.data32, p.codes, p.table, p.width, p.scale, p.offset, p.rounding)
 
 
 def _row_block_lanes(weight: RowBlockWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
