@@ -62,6 +62,7 @@ def run(
     function: str | None = None,
     weights: str = "sparse",
     precision: str = "fp32",
+    round_to_declared: bool = True,
     trace: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run one function of a loaded package on numpy inputs.
@@ -74,7 +75,10 @@ def run(
         weights: ``"sparse"`` runs compressed sparse weights with the sparse-aware kernels,
             ``"dense"`` decodes every weight first.
         precision: ``"fp32"`` computes each op in float32, ``"fp64"`` in float64 (reference
-            mode); either way each result is rounded to the declared output dtype.
+            mode).
+        round_to_declared: round each op's float results to the declared dtype, as a device
+            that stores fp16 activations does. ``False`` keeps every float value in the
+            compute precision, which isolates kernel differences from fp16 rounding.
         trace: log each op's name, type, output shape, dtype, min, max and time at INFO level
             on the ``sparseblob.runtime.interpreter`` logger.
 
@@ -87,7 +91,13 @@ def run(
         UnsupportedOpError: the program uses an op that the runtime does not implement.
     """
     return run_with_trace(
-        package, inputs, function=function, weights=weights, precision=precision, trace=trace
+        package,
+        inputs,
+        function=function,
+        weights=weights,
+        precision=precision,
+        round_to_declared=round_to_declared,
+        trace=trace,
     ).outputs
 
 
@@ -98,6 +108,7 @@ def run_with_trace(
     function: str | None = None,
     weights: str = "sparse",
     precision: str = "fp32",
+    round_to_declared: bool = True,
     trace: bool = True,
 ) -> RunResult:
     """Run like :func:`run` and also return the per-op trace."""
@@ -110,7 +121,8 @@ def run_with_trace(
     compute_dtype = _PRECISIONS[precision]
 
     func = package.function(function)
-    env: dict[str, object] = dict(_bind_inputs(func, inputs))
+    float_dtype = None if round_to_declared else compute_dtype
+    env: dict[str, object] = dict(_bind_inputs(func, inputs, float_dtype))
     env.update(package.constexpr_values(func.name))
     sparse_weights = _sparse_weights(package, func) if weights == "sparse" else {}
     records: list[OpTrace] = []
@@ -129,9 +141,15 @@ def run_with_trace(
             from .kernels.dispatch import run_sparse_op
 
             params = _gather_inputs(op, env, skip=sparse[0])
-            results = run_sparse_op(op.type, params, sparse[0], sparse[1], name=op.name,
-                                    output_dtypes=[_declared_dtype(o.type) for o in op.outputs],
-                                    compute_dtype=compute_dtype)
+            results = run_sparse_op(
+                op.type,
+                params,
+                sparse[0],
+                sparse[1],
+                name=op.name,
+                output_dtypes=[_declared_dtype(out.type, float_dtype) for out in op.outputs],
+                compute_dtype=compute_dtype,
+            )
             kernel = "sparse"
         else:
             params = _gather_inputs(op, env)
@@ -139,7 +157,7 @@ def run_with_trace(
                 op.type,
                 params,
                 name=op.name,
-                output_dtypes=[_declared_dtype(out.type) for out in op.outputs],
+                output_dtypes=[_declared_dtype(out.type, float_dtype) for out in op.outputs],
                 compute_dtype=compute_dtype,
             )
         elapsed = time.perf_counter() - started
@@ -150,7 +168,7 @@ def run_with_trace(
                 f"declares {len(op.outputs)}"
             )
         for out, value in zip(op.outputs, results):
-            _check_declared(op, out.name, out.type, value)
+            _check_declared(op, out.name, out.type, value, float_dtype)
             env[out.name] = value
 
         if trace:
@@ -164,8 +182,13 @@ def run_with_trace(
     return RunResult(outputs, records)
 
 
-def _bind_inputs(func: Function, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check the caller's inputs against the declared ones and cast them to the declared dtype."""
+def _bind_inputs(
+    func: Function, inputs: Mapping[str, np.ndarray], float_dtype: np.dtype | None
+) -> dict[str, np.ndarray]:
+    """Check the caller's inputs against the declared ones and cast them to the declared dtype.
+
+    Float inputs are cast to ``float_dtype`` instead when it is given.
+    """
     declared = {item.name: item.type for item in func.inputs}
     missing = sorted(set(declared) - set(inputs))
     unknown = sorted(set(inputs) - set(declared))
@@ -187,7 +210,7 @@ def _bind_inputs(func: Function, inputs: Mapping[str, np.ndarray]) -> dict[str, 
                     f"input {name!r} has shape {list(array.shape)}; the function declares "
                     f"{_shape_text(expected)}"
                 )
-            array = array.astype(value_type.dtype.numpy_dtype, copy=False)
+            array = array.astype(_declared_dtype(value_type, float_dtype), copy=False)
         bound[name] = array
     return bound
 
@@ -228,18 +251,23 @@ def _is_variadic(op_type: str, param: str) -> bool:
     return (op_type, param) in _VARIADIC
 
 
-def _declared_dtype(value_type) -> np.dtype | None:
-    if isinstance(value_type, TensorType):
-        return value_type.dtype.numpy_dtype
-    return None
+def _declared_dtype(value_type, float_dtype: np.dtype | None = None) -> np.dtype | None:
+    """Return the numpy dtype of a tensor type; ``float_dtype`` replaces float types when given."""
+    if not isinstance(value_type, TensorType):
+        return None
+    if float_dtype is not None and value_type.dtype.is_float:
+        return np.dtype(float_dtype)
+    return value_type.dtype.numpy_dtype
 
 
-def _check_declared(op: Operation, name: str, value_type, value: object) -> None:
+def _check_declared(
+    op: Operation, name: str, value_type, value: object, float_dtype: np.dtype | None = None
+) -> None:
     """Compare an op result with its declared tensor type; unknown dimensions match any size."""
     if not isinstance(value_type, TensorType):
         return
     array = np.asarray(value)
-    if array.dtype != value_type.dtype.numpy_dtype:
+    if array.dtype != _declared_dtype(value_type, float_dtype):
         raise UnknownDtypeError(
             f"op {op.name!r} ({op.type}) output {name!r} has dtype {array.dtype}; the program "
             f"declares {value_type.dtype}"

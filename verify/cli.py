@@ -185,6 +185,114 @@ def run(package, input_pairs, inputs_file, output, weights, precision, function,
             console.print(f"{name}: {value.dtype} {list(value.shape)} min {value.min():.6g} max {value.max():.6g}")
 
 
+@cli.command()
+@click.argument("package", type=click.Path(exists=True, file_okay=False))
+@click.option("--device", default="a17pro-ios18-ne", show_default=True, metavar="PROFILE",
+              help="Device profile name (see --list-devices) or a profile JSON file.")
+@click.option("--compare", "other", type=click.Path(exists=True, file_okay=False),
+              help="A second package; prints its predicted latency over PACKAGE's.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Draw per-layer time stacked by bound to this PNG file (needs matplotlib).")
+@click.option("--list-devices", is_flag=True, help="List the shipped device profiles and exit.")
+def latency(package, device, other, as_json, plot, list_devices) -> None:
+    """Predict on-device latency of PACKAGE from its compressed weights.
+
+    The model is fitted to Apple's published measurements; predictions for patterns that no
+    published row measures are marked as extrapolations. Absolute times drift between OS
+    builds, so compare ratios.
+
+    \b
+    Examples:
+      sparseblob latency model.mlpackage --device a16-ios17-ne
+      sparseblob latency dense.mlpackage --compare pruned.mlpackage --json
+    """
+    from sparseblob.runtime.latency import compare, costs_from_package, list_profiles, predict
+
+    if list_devices:
+        for name in list_profiles():
+            click.echo(name)
+        return
+
+    try:
+        loaded = _load(package)
+        costs = costs_from_package(loaded)
+        prediction = predict(costs, device)
+        comparison = compare(_load(package), _load(other), device) if other else None
+    except SparseblobError as error:
+        raise UserError(f"{package}: {error}") from error
+
+    if plot:
+        _plot_latency(prediction, plot)
+
+    if as_json:
+        data = prediction.to_dict()
+        data["device"] = prediction.profile
+        if comparison is not None:
+            data["compare"] = {"package": other, "total_ms": comparison.b.total_ms,
+                               "ratio": comparison.ratio, "extrapolated": comparison.extrapolated}
+        click.echo(json.dumps(data, indent=2))
+        return
+
+    console = _stdout()
+    table = Table(title=f"{package} on {prediction.profile}", show_edge=False)
+    numeric = ("MACs", "weight bytes", "activation bytes", "skipped", "ms")
+    for column in ("layer", "op", *numeric[:-1], "bound", "ms", "note"):
+        table.add_column(column, justify="right" if column in numeric else "left")
+    for layer, cost in zip(prediction.layers, costs):
+        table.add_row(
+            layer.name,
+            cost.op,
+            f"{cost.macs:,}",
+            f"{layer.weight_bytes:,}",
+            f"{cost.input_bytes + cost.output_bytes:,}",
+            f"{layer.skipped_fraction:.0%}",
+            layer.bound,
+            f"{layer.ms:.4f}",
+            "extrapolated" if layer.extrapolated else "",
+        )
+    console.print(table)
+    reasons = sorted({reason for layer in prediction.layers for reason in layer.reasons})
+    for reason in reasons:
+        console.print(f"[yellow]extrapolated:[/] {reason}")
+    console.print(
+        f"total {prediction.total_ms:.4f} ms (dense fp16 equivalent {prediction.dense_ms:.4f} ms, "
+        f"ratio {prediction.ratio_to_dense:.3f})"
+        + ("  [yellow]extrapolated[/]" if prediction.extrapolated else "")
+    )
+    if comparison is not None:
+        console.print(
+            f"{other}: {comparison.b.total_ms:.4f} ms, ratio to {package}: {comparison.ratio:.3f}"
+            + ("  [yellow]extrapolated[/]" if comparison.extrapolated else "")
+        )
+
+
+def _plot_latency(prediction, path: str) -> None:
+    """Draw per-layer time, stacked by the model's terms, to a PNG file."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise UserError("--plot needs matplotlib: pip install 'sparseblob[plot]'") from error
+
+    names = [layer.name for layer in prediction.layers]
+    fig, axes = plt.subplots(figsize=(max(6, 0.3 * len(names)), 4))
+    bottom = np.zeros(len(names))
+    for term in ("compute_ms", "memory_ms", "decode_ms", "overhead_ms"):
+        values = np.array([getattr(layer, term) for layer in prediction.layers])
+        axes.bar(names, values, bottom=bottom, label=term.removesuffix("_ms"))
+        bottom += values
+    axes.set_ylabel("ms (terms; the model takes their max plus overhead)")
+    axes.set_title(f"{prediction.profile}" + (" (extrapolated)" if prediction.extrapolated else ""))
+    axes.tick_params(axis="x", rotation=90)
+    axes.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     """Entry point of the installed ``sparseblob`` command."""
     try:
