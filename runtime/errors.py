@@ -27,6 +27,7 @@ __all__ = [
     "PatternError",
     "EncodingError",
     "OpParameterError",
+    "OptionError",
 ]
 
 
@@ -105,3 +106,8 @@ class EncodingError(SparseblobError):
 class OpParameterError(SparseblobError):
     """An op parameter has a value the op does not accept: a zero stride, a negative pad, an
     axis or index out of range, or a missing required input."""
+
+
+class OptionError(SparseblobError):
+    """An option of a verification cannot be used as given: an expectation that does not parse,
+    or a reference package or inputs whose names or shapes do not match the package."""
