@@ -28,6 +28,7 @@ __all__ = [
     "EncodingError",
     "OpParameterError",
     "OptionError",
+    "OutputExistsError",
 ]
 
 
@@ -111,3 +112,7 @@ class OpParameterError(SparseblobError):
 class OptionError(SparseblobError):
     """An option of a verification cannot be used as given: an expectation that does not parse,
     or a reference package or inputs whose names or shapes do not match the package."""
+
+
+class OutputExistsError(SparseblobError):
+    """The output path of a write already exists, and overwriting it was not requested."""
