@@ -118,6 +118,21 @@ def _dequantize(element, scale, offset, round_data, round_difference):
 
 
 @numba.njit(nogil=True)
+def _shift_scale_whole_vectors(data, scale, offset, out, first, length, block, parameter, param_step):
+    # Blocks of a multiple of the lane count: only whole vectors, one scale per block.
+    lanes = vector_lanes(out)
+    vectors_per_block = block // lanes
+    position = first
+    for _ in range(length // block):
+        block_scale = scale[np.uint64(parameter)]
+        block_offset = offset[np.uint64(parameter)]
+        for _ in range(vectors_per_block):
+            shift_scale_vector(data, position, block_offset, block_scale, out)
+            position += lanes
+        parameter += param_step
+
+
+@numba.njit(nogil=True)
 def _shift_scale_rows(data, scale, offset, out, dims, blocks, param_strides, strides, round_data, round_difference):
     # Element indices are uint64: numba then skips its negative-index wraparound, which
     # would keep LLVM from vectorizing the inner loops.
@@ -125,14 +140,18 @@ def _shift_scale_rows(data, scale, offset, out, dims, blocks, param_strides, str
     length, block, param_step = dims[last], blocks[last], param_strides[last]
     counter = np.zeros(last, np.int64)
     exact = not (round_data or round_difference)
+    lanes = vector_lanes(out)
     for _ in range(row_count(dims)):
         parameter, base = row_bases(counter, blocks, param_strides, strides)
+        if exact and block % lanes == 0:
+            _shift_scale_whole_vectors(data, scale, offset, out, base, length, block, parameter, param_step)
+            next_row(counter, dims)
+            continue
         for start in range(0, length, block):
             block_scale, block_offset = scale[parameter], offset[parameter]
             first = base + start
             count = min(block, length - start)
             if exact:
-                lanes = vector_lanes(out)
                 vector_end = count - count % lanes
                 for k in range(0, vector_end, lanes):
                     shift_scale_vector(data, first + k, block_offset, block_scale, out)
@@ -201,16 +220,33 @@ def _widen_half(bits, out):
 
 
 def _as_float32_array(array: np.ndarray) -> np.ndarray:
-    """Return ``array`` as a flat float32 array; every allowed dtype converts exactly.
+    """Return a new flat float32 copy of ``array``; every allowed dtype converts exactly.
 
     fp16 is widened by a kernel, much faster than numpy's fp16 cast. The arrays converted
-    here are checked to be finite first, so that NaN payloads do not matter.
+    here are checked to be finite first, so that NaN payloads do not matter. The result is
+    always a new writable array, so that a read-only or broadcast input does not make numba
+    compile another specialization of the kernels.
     """
     if array.dtype == _FP16:
         out = np.empty(array.size, dtype=np.float32)
-        _widen_half(_kernel_view(array), out)
+        _widen_half(np.array(array, copy=True).reshape(-1).view(np.uint16), out)
         return out
-    return np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+    return np.array(array, dtype=np.float32, copy=True).reshape(-1)
+
+
+def _widen_values(values: np.ndarray) -> np.ndarray:
+    """Return source values as float32, each widened as the kernels widen one element.
+
+    Integers convert exactly; fp16 goes through the same hardware conversion as in the
+    kernels (a signaling NaN comes back quiet there too); fp32 is returned as it is.
+    """
+    if values.dtype == _FP32:
+        return np.ascontiguousarray(values).reshape(-1)
+    if values.dtype == _FP16:
+        out = np.empty(values.size, dtype=np.float32)
+        _widen_half(_kernel_view(values), out)
+        return out
+    return values.astype(np.float32).reshape(-1)
 
 
 def _parameters(scale: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -370,6 +406,10 @@ def blockwise_shift_scale(
     flat_scale, flat_offset = _parameters(scale, offset)
     round_data, round_difference = _rounding(data.dtype, scale, offset)
     out = np.empty(data.shape, dtype=scale.dtype)
+    if data.dtype == _FP16:
+        # fp16 data is rare (a LUT output scaled per channel). Widening it first saves a
+        # specialization of the kernel at the cost of a float32 copy.
+        data = _widen_values(data).reshape(data.shape)
     _run_dense(data, flat_scale, flat_offset, out, scale.shape, round_data, round_difference)
     return out
 
@@ -421,13 +461,16 @@ def sparse_blockwise_shift_scale(
         return mask, values
     if flat_scale.size == 1:
         # One block: every value uses the same parameters, whatever its position.
-        _run_dense(nonzero, flat_scale, flat_offset, values, (1,), round_data, round_difference)
+        source = _widen_values(nonzero) if nonzero.dtype == _FP16 else nonzero
+        _run_dense(source, flat_scale, flat_offset, values, (1,), round_data, round_difference)
         return mask, values
 
+    # Widening every value to float32 first is exact and is what the kernel does to each
+    # element, so the masked kernel needs no specialization per source dtype.
     layout = block_layout(mask.shape, scale.shape)
     _shift_scale_masked_rows(
         np.ascontiguousarray(mask).reshape(-1),
-        _kernel_view(nonzero),
+        _widen_values(nonzero),
         flat_scale,
         flat_offset,
         _kernel_view(values),
