@@ -154,15 +154,19 @@ def compare_with_coremltools(decoded: DecodedFunction, reference: CoremltoolsVal
                 problems.append(describe_bit_difference(name, ours, theirs[name], "sparseblob", "coremltools"))
         if problems:
             rows.append(CheckResult(
-                "coremltools", weight.subject, Status.FAIL, f"{len(problems)} of {len(names)} arrays differ",
+                "coremltools", weight.subject, Status.FAIL, f"{len(problems)} of {len(names)} {_arrays(len(names))} differ",
                 "same bits", "; ".join(problems), metrics={"arrays": len(names), "differing": len(problems)},
             ))
         else:
             rows.append(CheckResult(
-                "coremltools", weight.subject, Status.PASS, f"{len(names)} arrays bit-identical", "same bits",
+                "coremltools", weight.subject, Status.PASS, f"{len(names)} {_arrays(len(names))} bit-identical", "same bits",
                 metrics={"arrays": len(names), "differing": 0},
             ))
     return rows
+
+
+def _arrays(count: int) -> str:
+    return "array" if count == 1 else "arrays"
 
 
 def describe_bit_difference(name: str, actual: np.ndarray, expected: np.ndarray, actual_label: str, expected_label: str) -> str:

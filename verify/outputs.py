@@ -282,15 +282,22 @@ def compare_sparse_dense(sparse: RunOutcome, dense: RunOutcome, subjects: Mappin
 
 
 def compare_reference(
-    outcome: RunOutcome, reference: RunOutcome, subjects: Mapping[str, str], *, min_cosine: float = DEFAULT_MIN_COSINE
+    outcome: RunOutcome,
+    reference: RunOutcome,
+    subjects: Mapping[str, str],
+    *,
+    min_cosine: float = DEFAULT_MIN_COSINE,
+    check: str = "reference_output",
 ) -> list[CheckResult]:
-    """Return one ``reference_output`` row per output: pass when the cosine is at least ``min_cosine``.
+    """Return one row per output that passes when the cosine similarity is at least ``min_cosine``.
 
     Args:
         outcome: the package's run with sparse kernels.
-        reference: the reference package's run.
+        reference: the reference package's run, or the given expected outputs.
         subjects: output name to its name in the report.
         min_cosine: the threshold.
+        check: ``reference_output`` for a reference package, ``expected_output`` for given
+            expected outputs.
     """
     rows = []
     expected_text = f"cosine >= {min_cosine:g}"
@@ -298,13 +305,13 @@ def compare_reference(
         if outcome.error or reference.error:
             which = "package" if outcome.error else "reference"
             status = Status.SKIP if (outcome.unsupported or reference.unsupported) else Status.FAIL
-            rows.append(CheckResult("reference_output", subject, status, "run failed", expected_text,
+            rows.append(CheckResult(check, subject, status, "run failed", expected_text,
                                     f"the {which} run failed: {outcome.error or reference.error}"))
             continue
         actual, expected = outcome.outputs[name], reference.outputs[name]
         if actual.shape != expected.shape:
             rows.append(CheckResult(
-                "reference_output", subject, Status.FAIL, f"shape {list(actual.shape)}", f"shape {list(expected.shape)}",
+                check, subject, Status.FAIL, f"shape {list(actual.shape)}", f"shape {list(expected.shape)}",
                 "the package and the reference give different shapes",
             ))
             continue
@@ -314,16 +321,16 @@ def compare_reference(
         if new_non_finite.any():
             first = [int(i) for i in np.argwhere(new_non_finite)[0]]
             rows.append(CheckResult(
-                "reference_output", subject, Status.FAIL, _measured(metrics), expected_text,
+                check, subject, Status.FAIL, _measured(metrics), expected_text,
                 f"{int(new_non_finite.sum())} elements are NaN or infinite where the reference is finite; first at {first}",
                 metrics=metrics,
             ))
         elif not metrics["cosine"] >= min_cosine:
             rows.append(CheckResult(
-                "reference_output", subject, Status.FAIL, _measured(metrics), expected_text,
+                check, subject, Status.FAIL, _measured(metrics), expected_text,
                 f"cosine similarity {metrics['cosine']:.6f} is below {min_cosine:g}",
                 metrics=metrics,
             ))
         else:
-            rows.append(CheckResult("reference_output", subject, Status.PASS, _measured(metrics), expected_text, metrics=metrics))
+            rows.append(CheckResult(check, subject, Status.PASS, _measured(metrics), expected_text, metrics=metrics))
     return rows

@@ -207,6 +207,6 @@ def compare_expected(decoded: DecodedFunction, expected: Mapping[str, np.ndarray
             elif not bits_equal(ours, expected[keys[name]]):
                 problems.append(describe_bit_difference(name, ours, np.asarray(expected[keys[name]]), "decoded", "expected"))
         status = Status.FAIL if problems else Status.PASS
-        measured = f"{len(present) - len(problems)} of {len(present)} arrays bit-identical"
+        measured = f"{len(present) - len(problems)} of {len(present)} {'array' if len(present) == 1 else 'arrays'} bit-identical"
         rows.append(CheckResult("expected", weight.subject, status, measured, "same bits", "; ".join(problems)))
     return rows

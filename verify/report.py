@@ -62,6 +62,7 @@ CHECKS: Mapping[str, str] = {
     "reference_weight": "the decoded weight agrees with the reference package's weight",
     "sparse_vs_dense": "outputs with sparse kernels agree with outputs of dense decoded weights",
     "reference_output": "outputs agree with the reference package's outputs within the threshold",
+    "expected_output": "outputs agree with the given expected outputs within the threshold",
 }
 """Kinds of check, with what each one establishes when it passes."""
 

@@ -8,8 +8,8 @@ The checks, in order, for every function of the package:
    (:mod:`sparseblob.verify.differential`);
 3. ``expected`` per weight when expected arrays are given, and ``reference_weight`` per weight
    when a reference package is given (:mod:`sparseblob.verify.reference`);
-4. ``sparse_vs_dense`` per output, and ``reference_output`` per output with a reference
-   (:mod:`sparseblob.verify.outputs`).
+4. ``sparse_vs_dense`` per output, ``reference_output`` per output with a reference, and
+   ``expected_output`` per output with given expected outputs (:mod:`sparseblob.verify.outputs`).
 
 Example::
 
@@ -37,6 +37,7 @@ from .checks import check_weights, decode_function, subject_name
 from .differential import coremltools_values, coremltools_version, compare_with_coremltools
 from .outputs import (
     DEFAULT_MIN_COSINE,
+    RunOutcome,
     check_inputs,
     check_reference_interface,
     compare_reference,
@@ -127,6 +128,7 @@ def verify_package(
     min_cosine: float = DEFAULT_MIN_COSINE,
     min_weight_cosine: float = DEFAULT_MIN_WEIGHT_COSINE,
     expected: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    expected_outputs: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
     run_model: bool = True,
 ) -> Report:
     """Check every compressed weight of a package and compare its outputs.
@@ -147,6 +149,11 @@ def verify_package(
         min_weight_cosine: pass threshold of the ``reference_weight`` rows of lossy chains.
         expected: an ``.npz`` file or a mapping of constexpr output name to its known-good
             decoded array, compared bit for bit.
+        expected_outputs: an ``.npz`` file or a mapping of output name to the outputs that
+            ``inputs`` should give, computed by another runtime (the source framework, or
+            Core ML on a Mac). They are judged like a reference, by ``min_cosine``. Runs of
+            the reference package use sparseblob's interpreter too, so only outputs from
+            another runtime catch an op that sparseblob computes wrong everywhere.
         run_model: run the model; without it the output rows are left out.
 
     Returns:
@@ -166,6 +173,9 @@ def verify_package(
         raise OptionError(f"{path}: not a directory; expected an .mlpackage directory")
     given_inputs = read_inputs(inputs) if inputs is not None else None
     expected_arrays = read_expected(expected) if expected is not None else None
+    expected_runs = read_inputs(expected_outputs) if expected_outputs is not None else None
+    if expected_runs is not None and inputs is None:
+        raise OptionError("expected outputs need the inputs they were computed from; pass inputs too")
     if coremltools and coremltools_version() is None:
         logger.warning("coremltools cannot be imported; the coremltools cross-check is skipped")
 
@@ -193,7 +203,7 @@ def verify_package(
     try:
         _verify_loaded(
             package, reference_package, report, given_inputs, seed, expectations, coremltools,
-            progress, min_cosine, min_weight_cosine, expected_arrays, run_model,
+            progress, min_cosine, min_weight_cosine, expected_arrays, expected_runs, run_model,
         )
     finally:
         package.close()
@@ -204,7 +214,7 @@ def verify_package(
 
 def _verify_loaded(
     package, reference, report, given_inputs, seed, expectations, use_coremltools,
-    progress, min_cosine, min_weight_cosine, expected_arrays, run_model,
+    progress, min_cosine, min_weight_cosine, expected_arrays, expected_runs, run_model,
 ) -> None:
     pairs = _pair_functions(package, reference)
     if reference is not None:
@@ -213,6 +223,7 @@ def _verify_loaded(
     if given_inputs is not None and run_model:
         for name in pairs:
             check_inputs(package.function(name), given_inputs, where=f"function {name!r}")
+    expected_outputs = {name: _expected_outputs(package.function(name), expected_runs, len(pairs) > 1) for name in pairs}
 
     use_coremltools = use_coremltools and coremltools_version() is not None
     runs = (2 + (reference is not None)) if run_model else 0
@@ -249,11 +260,29 @@ def _verify_loaded(
             steps.done()
 
         if run_model:
-            _check_outputs(package, reference, name, reference_name, given_inputs, seed, min_cosine, report, steps)
+            _check_outputs(
+                package, reference, name, reference_name, given_inputs, seed, min_cosine, expected_outputs[name], report, steps
+            )
     steps.finish()
 
 
-def _check_outputs(package, reference, name, reference_name, given_inputs, seed, min_cosine, report, steps) -> None:
+def _expected_outputs(function, expected_runs, prefixed: bool) -> RunOutcome | None:
+    """Pick one function's outputs from the given expected outputs (keys ``function:name`` or ``name``)."""
+    if expected_runs is None:
+        return None
+    found = {}
+    for output in function.outputs:
+        key = f"{function.name}:{output}" if prefixed and f"{function.name}:{output}" in expected_runs else output
+        if key not in expected_runs:
+            raise OptionError(
+                f"the expected outputs have {sorted(expected_runs)}, but function {function.name!r} returns "
+                f"{output!r}; outputs are matched by name"
+            )
+        found[output] = np.asarray(expected_runs[key])
+    return RunOutcome(found)
+
+
+def _check_outputs(package, reference, name, reference_name, given_inputs, seed, min_cosine, expected, report, steps) -> None:
     function = package.function(name)
     inputs = given_inputs if given_inputs is not None else random_inputs(function, seed=seed)
     subjects = {output: subject_name(package, name, output) for output in function.outputs}
@@ -268,6 +297,8 @@ def _check_outputs(package, reference, name, reference_name, given_inputs, seed,
 
     if reference is not None:
         steps.start(f"running the reference {reference_name}")
-        expected = run_outputs(reference, inputs, weights="dense", function=reference_name)
+        reference_run = run_outputs(reference, inputs, weights="dense", function=reference_name)
         steps.done()
-        report.checks.extend(compare_reference(sparse, expected, subjects, min_cosine=min_cosine))
+        report.checks.extend(compare_reference(sparse, reference_run, subjects, min_cosine=min_cosine))
+    if expected is not None:
+        report.checks.extend(compare_reference(sparse, expected, subjects, min_cosine=min_cosine, check="expected_output"))
