@@ -4,10 +4,10 @@ A :class:`CompressionConfig` chooses which weights :func:`~.mlpackage.compress_p
 compresses and how. It has one global :class:`WeightConfig`, overrides by consumer op type and
 by op name (exact or glob), the op types to consider, and the minimum weight size.
 
-The settings of one weight are layered: the global settings, then the override of its consumer's
-op type, then the first ``op_name`` override that matches exactly (the consumer op name, the
-weight's const op name or its output name), else the first glob that matches, in file order.
-Each layer replaces only the keys it sets.
+The settings of one weight are layered. The global settings come first, then the override of
+its consumer's op type, then one ``op_name`` override. That is the first one whose name equals
+the consumer op name, the weight's const op name or its output name, or else the first glob
+that matches one of them, in file order. Each layer replaces only the keys it sets.
 
 A TOML file has the same structure (see ``docs/encode.md`` for every key)::
 
@@ -179,17 +179,27 @@ _PARSERS = {
 }
 
 
+# The keys each pattern requires.
+_PATTERN_KEYS = {
+    "unstructured": ("sparsity",),
+    "block": ("sparsity", "pattern_block_size"),
+    "n_m": ("n_m",),
+    "threshold": ("threshold",),
+}
+
+
 @dataclass(frozen=True)
 class WeightConfig:
     """How to compress one weight. ``None`` means "not set here": a lower layer or the default applies.
 
     Attributes:
         enabled: False leaves the weight dense. Default True.
-        pattern: the pruning pattern: ``none`` (default), ``unstructured`` (the ``sparsity``
-            fraction of smallest magnitudes), ``n_m`` (``n`` zeros in every ``m`` consecutive
-            elements along ``pattern_axis``), ``block`` (the ``sparsity`` fraction of blocks of
-            ``pattern_block_size`` consecutive elements along ``pattern_axis``, by L2 norm), or
-            ``threshold`` (every ``|w| <= threshold``).
+        pattern: the pruning pattern, ``none`` by default. ``unstructured`` prunes the
+            ``sparsity`` fraction of smallest magnitudes. ``n_m`` prunes ``n`` of every ``m``
+            consecutive elements along ``pattern_axis``. ``block`` prunes the ``sparsity``
+            fraction of blocks of ``pattern_block_size`` consecutive elements along
+            ``pattern_axis``, smallest L2 norm first. ``threshold`` prunes every
+            ``|w| <= threshold``.
         sparsity: fraction pruned, in [0, 1], for ``unstructured`` and ``block``.
         threshold: magnitude at or below which ``threshold`` prunes, ``>= 0``.
         n_m: ``(n, m)`` for ``n_m``, Core ML's convention: ``n`` zeros in every ``m``.
@@ -238,6 +248,13 @@ class WeightConfig:
     quantize_granularity: str | None = None
     quantize_block_size: int | None = None
     min_elements: int | None = None
+
+    def __post_init__(self):
+        # Checks values given to the constructor directly, and normalizes them ("2:4" -> (2, 4)).
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is not None:
+                object.__setattr__(self, item.name, _PARSERS[item.name](value, item.name, ""))
 
     @classmethod
     def from_dict(cls, entries: Mapping[str, object], *, where: str = "") -> WeightConfig:
@@ -300,23 +317,18 @@ class WeightConfig:
             min_elements=min_elements if self.min_elements is None else self.min_elements,
         )
 
-        required = {
-            "unstructured": ("sparsity",),
-            "block": ("sparsity", "pattern_block_size"),
-            "n_m": ("n_m",),
-            "threshold": ("threshold",),
-        }.get(pattern, ())
+        # Each required key with the setting that requires it.
+        required = [(key, f"pattern={pattern!r}") for key in _PATTERN_KEYS.get(pattern, ())]
         if values == "palettize":
             if settings.palettize_mode != "unique":
-                required += ("nbits",)
+                required.append(("nbits", f"values={values!r}"))
             if settings.palettize_granularity == "per_grouped_channel":
-                required += ("group_size",)
+                required.append(("group_size", f"values={values!r}"))
         if values == "quantize" and settings.quantize_granularity == "per_block":
-            required += ("quantize_block_size",)
+            required.append(("quantize_block_size", f"values={values!r}"))
         prefix = f"{where}: " if where else ""
-        for key in required:
+        for key, reason in required:
             if getattr(settings, key) is None:
-                reason = f"pattern={pattern!r}" if key in ("sparsity", "pattern_block_size", "n_m", "threshold") else f"values={values!r}"
                 raise EncodingError(f"{prefix}{key} is missing; {reason} requires it")
 
         if settings.per_channel_scale:
@@ -346,7 +358,7 @@ def _layer(entries, where: str) -> WeightConfig:
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    """Which weights of a package to compress, and how.
+    """Selection and settings of the weights to compress in a package.
 
     Attributes:
         global_config: the settings of every weight without an override.
@@ -371,6 +383,12 @@ class CompressionConfig:
         object.__setattr__(self, "op_name", tuple((str(name), layer) for name, layer in self.op_name))
         for op_type in self.op_type:
             _choice(op_type, "op_type", OP_TYPES, "")
+        layers = [("global_config", self.global_config)]
+        layers += [(f"op_type[{name!r}]", layer) for name, layer in self.op_type.items()]
+        layers += [(f"op_name[{name!r}]", layer) for name, layer in self.op_name]
+        for key, layer in layers:
+            if not isinstance(layer, WeightConfig):
+                raise _fail("", key, layer, "a WeightConfig")
 
         # Every layer must resolve on top of the global settings, so that a missing key is
         # reported when the config is built rather than at the first matching weight.
@@ -459,7 +477,7 @@ class CompressionConfig:
         """Read a config file in TOML.
 
         Raises:
-            EncodingError: the file cannot be read or parsed, or holds an invalid key or value.
+            EncodingError: the file cannot be read or parsed, or contains an invalid key or value.
         """
         path = Path(path)
         try:

@@ -24,8 +24,8 @@ outputs ``<op>_0`` (mask) and ``<op>_1`` (values). The last op of a chain output
 own output name and type, so the consumers are not changed.
 
 Everything else is kept: every other op, attribute, description and metadata entry, and every
-other file of the package. The new ``weight.bin`` holds the blobs that the program still
-references, copied value for value in program order, and the new ones; the dense weights that
+other file of the package. The new ``weight.bin`` contains the blobs that the program still
+references, copied value for value in program order, and the new ones. The dense weights that
 were replaced are left out, so the ``BlobFileValue.offset`` of a kept value changes.
 
 A weight that the encoder declines (a group size that does not divide the output channels, a
@@ -117,7 +117,7 @@ class CompressedWeight:
     """A weight that was replaced by a constexpr op chain.
 
     Attributes:
-        function: the function that holds it.
+        function: the function that contains it.
         name: the const's output name, which the consumers bind and the chain now outputs.
         consumers: the consumer ops, as ``"<type> '<name>'"``.
         shape: the weight shape.
@@ -151,7 +151,7 @@ class SkippedWeight:
 
 @dataclass
 class CompressionReport:
-    """What :func:`compress_package` did.
+    """The result of :func:`compress_package`: the weights it compressed and the ones it skipped.
 
     Attributes:
         input_path: the dense package read.
@@ -257,20 +257,28 @@ def _check_output(in_path: Path, out_path: Path, overwrite: bool) -> None:
 
 
 def _install(temp: Path, out_path: Path) -> None:
-    """Rename the finished package to ``out_path``, replacing an existing one only at the end."""
-    if not (out_path.exists() or out_path.is_symlink()):
-        os.replace(temp, out_path)
-        return
+    """Rename the finished package to ``out_path``; an existing one is removed only after that.
 
-    backup = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".old", dir=out_path.parent))
-    old = backup / "package"
-    os.replace(out_path, old)
+    Replacing an existing output takes two renames, so for a moment ``out_path`` does not
+    exist. A failure of the second rename puts the old output back. ``temp`` is removed on any
+    failure.
+    """
     try:
-        os.replace(temp, out_path)
+        if not (out_path.exists() or out_path.is_symlink()):
+            os.replace(temp, out_path)
+            return
+
+        backup = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".old", dir=out_path.parent))
+        old = backup / "package"
+        os.replace(out_path, old)
+        try:
+            os.replace(temp, out_path)
+        except BaseException:
+            os.replace(old, out_path)
+            backup.rmdir()
+            raise
     except BaseException:
-        os.replace(old, out_path)
         shutil.rmtree(temp, ignore_errors=True)
-        backup.rmdir()
         raise
     shutil.rmtree(backup, ignore_errors=True)
 
@@ -667,14 +675,14 @@ def _op_specs(bundle, plan: _Plan, names: _Names, dtype: str) -> list[_OpSpec]:
         ]
 
     if isinstance(bundle, ScaledLutParams):
+        # A single-output op's output shares the op's name, as in coremltools.
         first = names.new(base + "_palettized")
-        data_name = names.new(first)
         return [
-            _OpSpec(bundle.palettized.op_type, first, _bundle_params(bundle.palettized), [(data_name, dtype, shape)]),
+            _OpSpec(bundle.palettized.op_type, first, _bundle_params(bundle.palettized), [(first, dtype, shape)]),
             _OpSpec(
                 "constexpr_blockwise_shift_scale",
                 names.new(base + "_palettized_pcs"),
-                [("data", _Ref(data_name)), ("scale", _Tensor(np.asarray(bundle.scale), dtype))],
+                [("data", _Ref(first)), ("scale", _Tensor(np.asarray(bundle.scale), dtype))],
                 [final],
             ),
         ]
@@ -920,9 +928,9 @@ def _rewrite_function(function: Function, proto, plans: dict[int, _Plan], copier
             operations.extend(replacement)
             continue
         copier.remap(op_proto)
-        kept = type(op_proto)()
-        kept.CopyFrom(op_proto)
-        operations.append(kept)
+        copy = type(op_proto)()
+        copy.CopyFrom(op_proto)
+        operations.append(copy)
     del block.operations[:]
     block.operations.extend(operations)
 

@@ -300,3 +300,17 @@ def test_override_checked_on_top_of_global():
 def test_unknown_option_named():
     with pytest.raises(EncodingError, match="options: unknown key 'sparse'"):
         CompressionConfig.from_options(sparse=0.5)
+
+
+def test_constructor_checks_values():
+    with pytest.raises(EncodingError, match=r"pattern='blocks' is invalid; expected one of \['none'"):
+        WeightConfig(pattern="blocks")
+
+
+def test_constructor_normalizes_n_m():
+    assert WeightConfig(n_m="3:4").n_m == (3, 4)
+
+
+def test_layer_must_be_weight_config():
+    with pytest.raises(EncodingError, match=r"op_type\['conv'\]=\{'pattern': 'n_m'\} is invalid; expected a WeightConfig"):
+        CompressionConfig(op_type={"conv": {"pattern": "n_m"}})
