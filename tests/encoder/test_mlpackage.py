@@ -156,7 +156,7 @@ def test_kept_blobs_copied_byte_for_byte(joint18):
         assert data == before[name], name
 
 
-def test_weight_file_holds_only_referenced_blobs(joint18):
+def test_weight_file_contains_only_referenced_blobs(joint18):
     out, _ = joint18
     referenced = {value.blobFileValue.offset for value in blob_values(read_spec(out))}
 
@@ -687,12 +687,20 @@ def test_target_error_names_op_and_writes_nothing(tmp_path):
 
 
 def test_unique_mode_uses_four_bits_on_ios16(tmp_path):
-    source = FIXTURES / "formats/ios16/dense_lattice.mlpackage"
+    levels = np.array([-2, -1, 0, 1, 2], dtype=np.float16)
+    weight = np.random.default_rng(3).choice(levels, size=(64, 64))
+    fp16 = ct.converters.mil.mil.types.fp16
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 64), dtype=fp16)], opset_version=ct.target.iOS16)
+    def program(x):
+        return mb.linear(x=x, weight=weight, name="dense")
+
+    source = build_package(tmp_path / "levels.mlpackage", program, target=ct.target.iOS16)
     out = tmp_path / "out.mlpackage"
 
     report = compress_package(source, out, CompressionConfig.from_options(values="palettize", palettize_mode="unique"))
-    lut = {op_name(op): op for op in main_ops(read_spec(out))}["linear_weight_palettized"].attributes["lut"]
+    lut = [op for op in main_ops(read_spec(out)) if op.type == "constexpr_lut_to_dense"][0].attributes["lut"]
 
-    assert len(report.compressed) == 3
-    assert [dim.constant.size for dim in lut.type.tensorType.dimensions] == [4]
-    assert "linear" in coremltools_weights(out)
+    assert len(report.compressed) == 1
+    assert [dim.constant.size for dim in lut.type.tensorType.dimensions] == [16]
+    assert_bits_equal(consumer_weights(out)["dense"], weight, name="dense")
