@@ -1,10 +1,10 @@
 """Compress the weights of an ONNX model into Core ML constexpr ops of the ``sparseblob`` domain.
 
 :func:`compress_model` prunes the weights of ``Conv``, ``ConvTranspose``, ``Gemm`` and
-``MatMul`` (read from initializers or ``Constant`` nodes), encodes the kept values as fp16,
+``MatMul``, read from initializers or ``Constant`` nodes. It encodes the kept values as fp16,
 fp32, palettized or quantized nonzeros, and replaces each weight by the chain of
-``sparseblob`` nodes that decodes it (the format is described in
-:mod:`sparseblob.runtime.onnx_run`). The chain's last output keeps the weight's name, so every
+``sparseblob`` nodes that decodes it (:mod:`sparseblob.runtime.onnx_run` describes the
+format). The chain's last output keeps the weight's name, so every
 consumer, and every other node, initializer and attribute, stays as it was. The model gains a
 ``sparseblob`` opset import, the function bodies of the op types it uses
 (:mod:`.onnx_functions`), and IR version 8 or later (model-local functions need it).
@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import convert_model_to_external_data
 
 from sparseblob.runtime.bitpack import pack_bits
 from sparseblob.runtime.errors import EncodingError, SparseblobError
@@ -73,7 +74,7 @@ from sparseblob.runtime.onnx_run import (
 from ._validate import check_choice, check_fraction, check_int
 from .masks import apply_mask, block_mask, magnitude_mask, n_m_mask
 from .onnx_functions import CASTLIKE_OPSET, make_function
-from .palettize import PALETTIZE_MODES, palettize_nonzero, palettize_weight
+from .palettize import NBITS, PALETTIZE_MODES, palettize_nonzero, palettize_weight
 from .params import LutParams, LutToSparseParams, QuantParams, SparseParams, SparseShiftScaleParams
 from .quantize import MODES, QUANT_DTYPES, quantize_nonzero, quantize_weight
 from .sparse import encode_sparse
@@ -110,7 +111,7 @@ _FP16_MAX = float(np.finfo(np.float16).max)
 
 @dataclass(frozen=True)
 class CompressOptions:
-    """What to prune, how to store the kept values, and which weights to touch.
+    """Options of :func:`compress_model`: the pruning pattern, the value format and the weight selection.
 
     Attributes:
         sparsity: fraction of elements (or of blocks, with ``block``) to prune, in [0, 1].
@@ -150,6 +151,11 @@ class CompressOptions:
     min_elements: int = 2048
 
     def __post_init__(self) -> None:
+        self._check_pattern()
+        self._check_values()
+        self._check_selection()
+
+    def _check_pattern(self) -> None:
         if self.n_m is not None:
             object.__setattr__(self, "n_m", _parse_n_m(self.n_m))
         if self.sparsity is not None:
@@ -164,20 +170,31 @@ class CompressOptions:
             check_choice(self.axis, "axis", (0, 1))
             if self.n_m is None and self.block is None:
                 raise EncodingError("axis applies to n_m and block patterns only")
+
+    def _check_values(self) -> None:
         check_choice(self.values, "values", VALUE_FORMATS)
         if self.values in ("fp16", "fp32") and not self.prunes:
             raise EncodingError(f"values={self.values!r} needs a pruning pattern: give sparsity or n_m")
+
         if self.values == "palettize":
+            check_choice(self.nbits, "nbits", NBITS)
             check_choice(self.palettize_mode, "palettize_mode", PALETTIZE_MODES)
             check_choice(self.granularity or "per_tensor", "granularity", PALETTIZE_GRANULARITIES)
-            if self.granularity == "per_grouped_channel" and self.group_size is None:
-                raise EncodingError("granularity='per_grouped_channel' needs group_size")
+            if self.granularity == "per_grouped_channel":
+                if self.group_size is None:
+                    raise EncodingError("granularity='per_grouped_channel' needs group_size")
+                check_int(self.group_size, "group_size", minimum=1)
+
         if self.values == "quantize":
             check_choice(self.quantize_dtype, "quantize_dtype", QUANT_DTYPES)
             check_choice(self.quantize_mode, "quantize_mode", MODES)
             check_choice(self.granularity or "per_channel", "granularity", QUANTIZE_GRANULARITIES)
-            if self.granularity == "per_block" and self.block_size is None:
-                raise EncodingError("granularity='per_block' needs block_size")
+            if self.granularity == "per_block":
+                if self.block_size is None:
+                    raise EncodingError("granularity='per_block' needs block_size")
+                check_int(self.block_size, "block_size", minimum=1)
+
+    def _check_selection(self) -> None:
         unknown = sorted(set(self.op_types) - set(OP_TYPES))
         if unknown:
             raise EncodingError(f"op_types {unknown} are not supported; expected a subset of {list(OP_TYPES)}")
@@ -314,7 +331,7 @@ class SkippedWeight:
 
 @dataclass
 class OnnxCompressReport:
-    """What :func:`compress_model` or :func:`compress_onnx` did.
+    """Result of :func:`compress_model` or :func:`compress_onnx`: the compressed and the skipped weights.
 
     Attributes:
         options: the options used.
@@ -435,31 +452,33 @@ def _is_transpose_2d(node: onnx.NodeProto) -> bool:
     return node.op_type == "Transpose" and node.domain in ("", "ai.onnx") and list(_attribute(node, "perm", [1, 0])) == [1, 0]
 
 
-def _find_candidates(graph: onnx.GraphProto) -> list[_Candidate]:
-    """Return every constant that a Conv, ConvTranspose, Gemm or MatMul reads as its weight."""
+def _find_candidates(graph: onnx.GraphProto, protected: set[str]) -> list[_Candidate]:
+    """Return every constant that a Conv, ConvTranspose, Gemm or MatMul reads as its weight.
+
+    ``protected`` names graph outputs and values read inside subgraphs; a ``Transpose`` whose
+    output is one of them counts as another reader.
+    """
     readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in graph.node:
         for slot, name in enumerate(node.input):
             if name:
                 readers.setdefault(name, []).append((node, slot))
-    constants: dict[str, tuple[np.ndarray | None, onnx.NodeProto | None]] = {}
-    for init in graph.initializer:
-        constants[init.name] = (None, None)
+    constants: dict[str, onnx.NodeProto | None] = {init.name: None for init in graph.initializer}
     for node in graph.node:
-        if node.output and _constant_value(node) is not None:
-            constants[node.output[0]] = (None, node)
-
+        if node.op_type == "Constant" and node.output:
+            constants[node.output[0]] = node
     initializers = {init.name: init for init in graph.initializer}
+
     candidates: list[_Candidate] = []
-    for name, (_, constant_node) in constants.items():
+    for name, constant_node in constants.items():
         uses: list[_Use] = []
         others: list[str] = []
         for node, slot in readers.get(name, []):
-            if _is_transpose_2d(node):
-                inner = [(n, s) for n, s in readers.get(node.output[0], [])]
-                roles = [(n, _operand_roles(n, s)) for n, s in inner]
-                if inner and all(role is not None for _, role in roles):
-                    uses.extend(_Use(n, role[1], role[0]) for n, role in roles)
+            if _is_transpose_2d(node) and node.output[0] not in protected:
+                inner = [(reader, _operand_roles(reader, index)) for reader, index in readers.get(node.output[0], [])]
+                if inner and all(roles is not None for _, roles in inner):
+                    # The stored weight is the transpose of the operand, so the axes swap.
+                    uses.extend(_Use(reader, roles[1], roles[0]) for reader, roles in inner)
                     continue
             roles = _operand_roles(node, slot)
             if roles is None:
@@ -468,10 +487,9 @@ def _find_candidates(graph: onnx.GraphProto) -> list[_Candidate]:
                 uses.append(_Use(node, *roles))
         if not uses:
             continue
-        if constant_node is not None:
-            array = _constant_value(constant_node)
-        else:
-            array = numpy_helper.to_array(initializers[name])
+        array = numpy_helper.to_array(initializers[name]) if constant_node is None else _constant_value(constant_node)
+        if array is None:
+            continue
         candidates.append(_Candidate(name, array, constant_node, uses, others))
     return candidates
 
@@ -698,7 +716,7 @@ def _model_with_functions(model: onnx.ModelProto, op_types: set[str], opset: int
             model.functions.append(function)
         elif present.SerializeToString() != function.SerializeToString():
             raise EncodingError(
-                f"the model already holds a function {DOMAIN}.{op_type} that differs from the one this "
+                f"the model already contains a function {DOMAIN}.{op_type} that differs from the one this "
                 "version of sparseblob writes"
             )
     imported = {entry.domain: entry.version for entry in model.opset_import}
@@ -724,7 +742,7 @@ def _compress_graph(model: onnx.ModelProto, options: CompressOptions, report: On
     constant_names: set[str] = set()
     used_ops: set[str] = set()
 
-    for candidate in _find_candidates(graph):
+    for candidate in _find_candidates(graph, protected):
         reason = _skip_reason(candidate, options, protected)
         encoded = None
         if reason is None:
@@ -818,7 +836,7 @@ def compress_model(
 def save_model_atomic(model: onnx.ModelProto, out_path: str | os.PathLike, *, size_threshold: int = 1024) -> str | None:
     """Write ``model`` to ``out_path`` with tensors of ``size_threshold`` bytes or more in external data.
 
-    The model and its data file (``<name>.data`` next to it) are written in a temporary
+    The ``shape`` inputs of ``sparseblob`` nodes and attribute tensors always stay inline. The model and its data file (``<name>.data`` next to it) are written in a temporary
     directory beside ``out_path`` and then renamed into place, the data file first. If any
     step fails, neither file is left behind (an older file of the same name is kept only when
     the failure comes before the renames).
@@ -827,23 +845,28 @@ def save_model_atomic(model: onnx.ModelProto, out_path: str | os.PathLike, *, si
         The path of the external data file, or None when no tensor reached the threshold.
 
     Raises:
-        OSError: the directory is not writable; nothing is left behind.
+        OSError: writing or renaming failed; the temporary files are removed first.
     """
     out_path = Path(out_path)
     data_name = f"{out_path.name}.data"
     model = _copy(model)
+    convert_model_to_external_data(
+        model, all_tensors_to_one_file=True, location=data_name, size_threshold=size_threshold, convert_attribute=False
+    )
+    # onnxruntime infers the shapes inside a function body from the constant `shape` inputs
+    # and cannot read them from external data, so they stay inline. Attribute tensors stay
+    # inline too (convert_attribute=False): Constant nodes in function bodies cannot read
+    # external data either.
+    inline = _shape_inputs(model)
+    for init in model.graph.initializer:
+        if init.name in inline:
+            init.data_location = TensorProto.DEFAULT
+            del init.external_data[:]
+
     work = Path(tempfile.mkdtemp(prefix=".sparseblob-", dir=out_path.parent))
     placed: Path | None = None
     try:
-        onnx.save_model(
-            model,
-            os.fspath(work / out_path.name),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=size_threshold,
-            convert_attribute=True,
-        )
+        onnx.save_model(model, os.fspath(work / out_path.name))
         data_file = work / data_name
         if data_file.exists():
             placed = out_path.parent / data_name
@@ -856,6 +879,11 @@ def save_model_atomic(model: onnx.ModelProto, out_path: str | os.PathLike, *, si
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _shape_inputs(model: onnx.ModelProto) -> set[str]:
+    """Return the names that ``sparseblob`` nodes read as their ``shape`` input (the last input)."""
+    return {node.input[-1] for node in model.graph.node if node.domain == DOMAIN and node.input}
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

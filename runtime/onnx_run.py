@@ -1,9 +1,9 @@
 """Run ONNX models whose weights are stored as Core ML constexpr ops of the ``sparseblob`` domain.
 
 **The ONNX form of a compressed weight.** The encoder (``sparseblob.encoder.onnx_compress``)
-replaces a weight initializer or ``Constant`` by nodes of the ``sparseblob`` domain (version 1),
-one op type per Core ML iOS18 constexpr op, whose inputs are that op's parameters in Core ML
-order followed by ``shape``:
+replaces a weight initializer or ``Constant`` by nodes of the ``sparseblob`` domain (version
+1), one op type per Core ML iOS18 constexpr op. A node's inputs are that op's parameters in
+Core ML order, followed by ``shape``:
 
 ======================================== ================================================ ==============
 op type                                  inputs                                           outputs
@@ -43,13 +43,12 @@ runner rewrites the graph in memory when it loads it: every ``Conv``, ``ConvTran
 private domain ``sparseblob.runtime`` that multiplies with the sparse kernels
 (``runtime.kernels``) on a :class:`~sparseblob.runtime.kernels.formats.CompressedWeight` built
 once from the chain's parameters, and the chain is dropped when nothing else reads it.
-Grouped convolutions, and ``ConvTranspose`` with ``output_shape`` or ``auto_pad`` SAME, keep
-their standard node and read the decoded weight. With ``weights="dense"`` no node is rewritten.
+A grouped ``ConvTranspose`` keeps its standard node and reads the decoded weight. With ``weights="dense"`` no node is rewritten.
 
-The runner also replaces two operators of onnx 1.23.2's reference evaluator that give wrong
-results on real models: ``GlobalMaxPool`` reduces the wrong axes when the input rank is not 4,
-and ``BatchNormalization`` before opset 14 uses the batch statistics whenever a ``momentum``
-attribute is present.
+The runner also replaces three operators of onnx 1.23.2's reference evaluator that fail on
+real models: ``GlobalMaxPool`` reduces the wrong axes when the input rank is not 4,
+``BatchNormalization`` before opset 14 uses the batch statistics whenever a ``momentum``
+attribute is present, and ``ConvTranspose`` raises when ``output_shape`` asks for padding.
 """
 
 from __future__ import annotations
@@ -62,7 +61,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from google.protobuf.message import DecodeError
@@ -254,7 +252,7 @@ def _quantized(array: np.ndarray, dtype_name: str, count: int, param: str, where
         return _unpack_checked(array.reshape(-1), 4, count, signed=dtype_name == "int4", param=param, where=where)
     expected = np.dtype(dtype_name)
     if array.dtype != expected:
-        raise UnknownDtypeError(f"{where}: {param} has dtype {array.dtype}; data_dtype says {dtype_name}")
+        raise UnknownDtypeError(f"{where}: {param} has dtype {array.dtype}, but data_dtype is {dtype_name}")
     if array.size != count:
         raise ShapeError(f"{where}: {param} has {array.size} elements; expected {count}")
     return array.reshape(-1)
@@ -458,7 +456,7 @@ class CompressedTensor:
         name: the decoded tensor, as its consumers read it.
         nodes: the chain, in graph order: ``sparseblob`` nodes, then at most one ``Cast``.
         final: the ``sparseblob`` node that produces the dense weight.
-        params: MIL parameter name to the initializer that holds it, over the whole chain
+        params: MIL parameter name to the initializer that stores it, over the whole chain
             (``mask``, ``nonzero_data``, ``lut``, ``scale``, ...), for the inspector.
     """
 
@@ -497,7 +495,7 @@ def _chain_of(node: onnx.NodeProto, producers, constants: set[str]) -> tuple[lis
     """Return the chain that ends at the dense-producing ``node``, or None if a leaf is not constant.
 
     ``constexpr_sparse_to_dense`` may read ``nonzero_data`` from output 1 of
-    ``constexpr_lut_to_sparse`` or ``constexpr_sparse_blockwise_shift_scale``; its mask must
+    ``constexpr_lut_to_sparse`` or ``constexpr_sparse_blockwise_shift_scale``. Its mask must
     then be that op's output 0 or the same initializer as that op's mask.
     """
     inputs = dict(zip(SIGNATURES[node.op_type].inputs, node.input))
@@ -687,61 +685,143 @@ def _conv_pads(attrs: Mapping[str, object], sizes, extents, strides) -> list[tup
     return [(values[i], values[i + count]) for i in range(count)]
 
 
-def conv_sparse(x: np.ndarray, weight, bias: np.ndarray | None, attrs: Mapping[str, object], *, strategy: str | None = None) -> np.ndarray:
-    """ONNX ``Conv`` with ``group=1`` on a compressed weight, through the sparse kernels.
+def conv_compressed(x: np.ndarray, weight, bias: np.ndarray | None, attrs: Mapping[str, object], *, strategy: str | None = None) -> np.ndarray:
+    """ONNX ``Conv`` on a compressed weight, through ``runtime.kernels.conv``.
 
-    The input windows are gathered into an im2col matrix whose columns are in the kernels'
-    channels-last order ``(*K, Cin)``, multiplied by the weight's kernel view, and reshaped.
+    Maps the ONNX attributes (``auto_pad``, ``pads``, ``strides``, ``dilations``, ``group``) to
+    the kernel's resolved padding.
 
     Shapes:
-        x: ``tensor<T, [N, Cin, *D]>``; weight ``[Cout, Cin, *K]``; bias ``[Cout]`` ->
+        x: ``tensor<T, [N, Cin, *D]>``; weight ``[Cout, Cin/group, *K]``; bias ``[Cout]`` ->
         ``tensor<T, [N, Cout, *D_out]>``.
     """
-    _, linear = _kernels()
+    from .kernels import conv
+
     spatial = x.ndim - 2
     kernel = tuple(weight.shape[2:])
-    if len(kernel) != spatial or x.shape[1] != weight.shape[1]:
-        raise ShapeError(f"Conv: x has shape {list(x.shape)} but weight {weight.name!r} has shape {list(weight.shape)}")
     strides = _spatial_ints(attrs, "strides", spatial, 1)
     dilations = _spatial_ints(attrs, "dilations", spatial, 1)
     extents = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations))
     pads = _conv_pads(attrs, x.shape[2:], extents, strides)
-    padded = np.pad(x, [(0, 0), (0, 0), *pads]) if any(p for pair in pads for p in pair) else x
-    out_sizes = tuple((size - extent) // stride + 1 for size, extent, stride in zip(padded.shape[2:], extents, strides))
+    y = conv.conv(
+        x, weight, bias, strides=strides, dilations=dilations, pads=pads, groups=int(attrs.get("group", 1)), strategy=strategy
+    )
+    return y.astype(x.dtype, copy=False)
+
+
+def _auto_pad(attrs: Mapping[str, object]) -> str:
+    value = attrs.get("auto_pad", "NOTSET")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def conv_transpose_geometry(
+    sizes: Sequence[int], kernel: Sequence[int], attrs: Mapping[str, object]
+) -> tuple[tuple[int, ...], tuple[int, ...], list[tuple[int, int]], tuple[int, ...]]:
+    """Return ``(strides, dilations, pads, output sizes)`` of an ONNX ``ConvTranspose``.
+
+    With ``output_shape``, or ``auto_pad`` SAME (which requests ``input * stride``), the total
+    padding is ``s * (D - 1) + output_padding + (K - 1) * d + 1 - output``. SAME_UPPER puts
+    the odd element at the end and every other mode at the start, as the ONNX operator
+    definition specifies. Otherwise the pads come from ``pads`` (zeros for VALID).
+
+    Raises:
+        UnsupportedOpError: the requested output is larger than the full output, which would
+            need negative padding.
+    """
+    spatial = len(sizes)
+    strides = _spatial_ints(attrs, "strides", spatial, 1)
+    dilations = _spatial_ints(attrs, "dilations", spatial, 1)
+    output_padding = _spatial_ints(attrs, "output_padding", spatial, 0)
+    full = tuple(s * (d_in - 1) + op + (k - 1) * d + 1 for s, d_in, op, k, d in zip(strides, sizes, output_padding, kernel, dilations))
+    auto_pad = _auto_pad(attrs)
+    requested = attrs.get("output_shape")
+    if requested is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if requested is not None:
+            out_sizes = tuple(int(v) for v in requested)[-spatial:]
+        else:
+            out_sizes = tuple(d_in * s for d_in, s in zip(sizes, strides))
+        pads = []
+        for total_size, out in zip(full, out_sizes):
+            total = total_size - out
+            if total < 0:
+                raise UnsupportedOpError(
+                    f"ConvTranspose: output size {out} exceeds the full output {total_size}; negative padding is not supported"
+                )
+            small, large = total // 2, total - total // 2
+            pads.append((small, large) if auto_pad == "SAME_UPPER" else (large, small))
+        return strides, dilations, pads, out_sizes
+    if auto_pad == "VALID":
+        pads = [(0, 0)] * spatial
+    else:
+        pads = _conv_pads({**attrs, "auto_pad": "NOTSET"}, sizes, (1,) * spatial, (1,) * spatial)
+    out_sizes = tuple(f - before - after for f, (before, after) in zip(full, pads))
     if min(out_sizes) < 1:
-        raise ShapeError(f"Conv: input {list(x.shape)} padded by {pads} is smaller than the kernel extent {list(extents)}")
+        raise ShapeError(f"ConvTranspose: output sizes {list(out_sizes)} are not positive")
+    return strides, dilations, pads, out_sizes
 
-    # Windows [N, Cin, *D_out, *K], then columns [N * prod(D_out), prod(K) * Cin].
-    windows = sliding_window_view(padded, extents, axis=tuple(range(2, x.ndim)))
-    windows = windows[
-        (slice(None), slice(None))
-        + tuple(slice(None, (o - 1) * s + 1, s) for o, s in zip(out_sizes, strides))
-        + tuple(slice(None, None, d) for d in dilations)
-    ]
-    batch, channels = x.shape[:2]
-    order = (0, *range(2, 2 + spatial), *range(2 + spatial, 2 + 2 * spatial), 1)
-    element_count((batch, math.prod(out_sizes), math.prod(kernel), channels), name="Conv: im2col matrix")
-    columns = windows.transpose(order).reshape(batch * math.prod(out_sizes), math.prod(kernel) * channels)
-    y = linear.apply_weight(np.ascontiguousarray(columns, dtype=np.float32), weight, strategy=strategy)
 
-    y = np.moveaxis(y.reshape(batch, *out_sizes, weight.rows), -1, 1)
+def _col2im(products: np.ndarray, sizes, strides, dilations, pads, out_sizes) -> np.ndarray:
+    """Add the tap products ``[N, Cout, *D, *K]`` into the strided output and crop it by ``pads``."""
+    spatial = len(sizes)
+    kernel = products.shape[2 + spatial :]
+    batch, cout = products.shape[:2]
+    full = tuple(
+        max(s * (d_in - 1) + (k - 1) * d + 1, before + out)
+        for s, d_in, k, d, (before, _), out in zip(strides, sizes, kernel, dilations, pads, out_sizes)
+    )
+    element_count((batch, cout, *full), name="ConvTranspose: output")
+    buffer = np.zeros((batch, cout, *full), dtype=np.float32)
+    for tap in np.ndindex(*kernel):
+        target = tuple(slice(k * d, k * d + (d_in - 1) * s + 1, s) for k, d, d_in, s in zip(tap, dilations, sizes, strides))
+        buffer[(slice(None), slice(None), *target)] += products[(Ellipsis, *tap)]
+    return buffer[(slice(None), slice(None), *(slice(before, before + out) for (before, _), out in zip(pads, out_sizes)))]
+
+
+def _add_bias(y: np.ndarray, bias: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
     if bias is not None:
-        y = y + np.asarray(bias, dtype=np.float32).reshape((-1,) + (1,) * spatial)
-    return np.ascontiguousarray(y).astype(x.dtype, copy=False)
+        y = y + np.asarray(bias, dtype=np.float32).reshape((-1,) + (1,) * (y.ndim - 2))
+    return np.ascontiguousarray(y).astype(dtype, copy=False)
 
 
-def conv_transpose_sparse(
-    x: np.ndarray, weight, kernel: tuple[int, ...], bias: np.ndarray | None, attrs: Mapping[str, object], *, strategy: str | None = None
-) -> np.ndarray:
-    """ONNX ``ConvTranspose`` with ``group=1`` and explicit pads, through the sparse kernels.
+def conv_transpose(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, attrs: Mapping[str, object]) -> np.ndarray:
+    """ONNX ``ConvTranspose`` on a dense weight, in fp32, for any ``group``.
 
-    ``weight`` is the compressed weight ``[Cin, Cout * prod(K)]``. One product
-    ``x [N * prod(D), Cin] @ weight`` gives every kernel tap's contribution; a loop over the
-    taps adds them into the strided output positions, which are then cropped by ``pads``.
+    One matrix product per group gives every kernel tap's contribution,
+    ``x [N * prod(D), Cin/g] @ W [Cin/g, Cout/g * prod(K)]``, and :func:`_col2im` adds them
+    into the strided output.
 
     Shapes:
-        x: ``tensor<T, [N, Cin, *D]>``; bias ``[Cout]`` -> ``tensor<T, [N, Cout, *D_out]>`` with
-        ``D_out = s * (D - 1) + output_padding + (K - 1) * d + 1 - pad_begin - pad_end``.
+        x: ``tensor<T, [N, Cin, *D]>``; weight ``[Cin, Cout/group, *K]``; bias ``[Cout]`` ->
+        ``tensor<T, [N, Cout, *D_out]>``.
+    """
+    spatial = x.ndim - 2
+    groups = int(attrs.get("group", 1))
+    batch, channels = x.shape[:2]
+    kernel = tuple(weight.shape[2:])
+    if weight.shape[0] != channels or channels % groups or len(kernel) != spatial:
+        raise ShapeError(f"ConvTranspose: x has shape {list(x.shape)} but the weight has shape {list(weight.shape)} (group={groups})")
+    sizes = x.shape[2:]
+    strides, dilations, pads, out_sizes = conv_transpose_geometry(sizes, kernel, attrs)
+    cin, cout = channels // groups, weight.shape[1]
+    rows = np.moveaxis(x, 1, -1).reshape(-1, channels).astype(np.float32)
+    matrix = weight.astype(np.float32).reshape(channels, -1)
+    parts = [rows[:, g * cin : (g + 1) * cin] @ matrix[g * cin : (g + 1) * cin] for g in range(groups)]
+    products = np.concatenate(parts, axis=1).reshape(batch, *sizes, groups * cout, *kernel)
+    products = np.moveaxis(products, 1 + spatial, 1)
+    y = _col2im(products, sizes, strides, dilations, pads, out_sizes)
+    return _add_bias(y, bias, x.dtype)
+
+
+def conv_transpose_compressed(
+    x: np.ndarray, weight, kernel: tuple[int, ...], bias: np.ndarray | None, attrs: Mapping[str, object], *, strategy: str | None = None
+) -> np.ndarray:
+    """ONNX ``ConvTranspose`` with ``group=1`` on a compressed weight, through the sparse kernels.
+
+    ``weight`` is the compressed weight viewed as ``[Cin, Cout * prod(K)]``; the product
+    ``x [N * prod(D), Cin] @ weight`` runs on ``runtime.kernels.linear.matmul``.
+
+    Shapes:
+        as :func:`conv_transpose`.
     """
     _, linear = _kernels()
     spatial = x.ndim - 2
@@ -749,33 +829,21 @@ def conv_transpose_sparse(
     taps = math.prod(kernel)
     if len(kernel) != spatial or channels != weight.rows or weight.columns % taps:
         raise ShapeError(f"ConvTranspose: x has shape {list(x.shape)} but weight {weight.name!r} has shape {list(weight.shape)}")
-    cout = weight.columns // taps
-    strides = _spatial_ints(attrs, "strides", spatial, 1)
-    dilations = _spatial_ints(attrs, "dilations", spatial, 1)
-    output_padding = _spatial_ints(attrs, "output_padding", spatial, 0)
-    pads = _conv_pads(attrs, x.shape[2:], (1,) * spatial, (1,) * spatial)
     sizes = x.shape[2:]
-    out_sizes = tuple(
-        s * (d_in - 1) + op + (k - 1) * d + 1 - before - after
-        for s, d_in, op, k, d, (before, after) in zip(strides, sizes, output_padding, kernel, dilations, pads)
-    )
-    if min(out_sizes) < 1:
-        raise ShapeError(f"ConvTranspose: output sizes {list(out_sizes)} are not positive")
-
+    strides, dilations, pads, out_sizes = conv_transpose_geometry(sizes, kernel, attrs)
     rows = np.moveaxis(x, 1, -1).reshape(-1, channels).astype(np.float32)
-    products = linear.matmul(rows, weight, strategy=strategy)  # [N * prod(D), Cout * prod(K)]
-    products = products.reshape(batch, *sizes, cout, *kernel)
-    products = np.moveaxis(products, 1 + spatial, 1)  # [N, Cout, *D, *K]
+    products = linear.matmul(rows, weight, strategy=strategy).reshape(batch, *sizes, weight.columns // taps, *kernel)
+    y = _col2im(np.moveaxis(products, 1 + spatial, 1), sizes, strides, dilations, pads, out_sizes)
+    return _add_bias(y, bias, x.dtype)
 
-    full = tuple(max(s * (d_in - 1) + (k - 1) * d + 1, before + out) for s, d_in, k, d, (before, _), out in zip(strides, sizes, kernel, dilations, pads, out_sizes))
-    buffer = np.zeros((batch, cout, *full), dtype=np.float32)
-    for tap in np.ndindex(*kernel):
-        target = tuple(slice(k * d, k * d + (d_in - 1) * s + 1, s) for k, d, d_in, s in zip(tap, dilations, sizes, strides))
-        buffer[(slice(None), slice(None), *target)] += products[(Ellipsis, *tap)]
-    y = buffer[(slice(None), slice(None), *(slice(before, before + out) for (before, _), out in zip(pads, out_sizes)))]
-    if bias is not None:
-        y = y + np.asarray(bias, dtype=np.float32).reshape((-1,) + (1,) * spatial)
-    return np.ascontiguousarray(y).astype(x.dtype, copy=False)
+
+class ConvTranspose(OpRun):
+    """ONNX ``ConvTranspose``, including ``output_shape`` and ``auto_pad``, through :func:`conv_transpose`."""
+
+    op_domain = ""
+
+    def _run(self, x, w, b=None, **attrs):
+        return (conv_transpose(x, w, b, attrs),)
 
 
 @dataclass
@@ -803,9 +871,9 @@ class _KernelOp(OpRun):
         entry = self.registry[sparseblob_weight]
         op_type = self.onnx_node.op_type
         if op_type == "Conv":
-            return (conv_sparse(inputs[0], entry.weight, _optional(inputs, 2), attrs, strategy=self.strategy),)
+            return (conv_compressed(inputs[0], entry.weight, _optional(inputs, 2), attrs, strategy=self.strategy),)
         if op_type == "ConvTranspose":
-            return (conv_transpose_sparse(inputs[0], entry.weight, entry.kernel, _optional(inputs, 2), attrs, strategy=self.strategy),)
+            return (conv_transpose_compressed(inputs[0], entry.weight, entry.kernel, _optional(inputs, 2), attrs, strategy=self.strategy),)
         if op_type == "MatMul":
             return (_matmul(inputs, sparseblob_slot, entry, self.strategy),)
         return (_gemm(inputs, sparseblob_slot, entry, attrs, self.strategy),)
@@ -887,14 +955,11 @@ def _kernel_entry(node, tensor, transposed, values, max_elements) -> _KernelWeig
     shape = _params_shape(params)
     name = tensor.name
     if node.op_type == "Conv":
-        if int(_attribute(node, "group", 1)) != 1 or len(shape) < 3:
+        if not 3 <= len(shape) <= 5:
             return None
         return _KernelWeight(_weight_from_params(op_type, params, name, as_matrix=False), False)
     if node.op_type == "ConvTranspose":
-        auto_pad = _attribute(node, "auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-        explicit = _attribute(node, "output_shape") is None and auto_pad in ("NOTSET", "VALID")
-        if int(_attribute(node, "group", 1)) != 1 or not explicit or len(shape) < 3:
+        if int(_attribute(node, "group", 1)) != 1 or len(shape) < 3:
             return None
         weight = _weight_from_params(op_type, params, name, as_matrix=True)
         return None if weight is None else _KernelWeight(weight, False, tuple(shape[2:]))
@@ -1020,7 +1085,7 @@ class OnnxRunner:
         if weights == "sparse":
             runnable, registry = _rewrite_for_kernels(self.model, strategy, max_elements)
         self.kernel_nodes = len(registry)
-        new_ops = [*_constexpr_ops(max_elements), GlobalMaxPool, BatchNormalization, *_kernel_classes(registry, strategy)]
+        new_ops = [*_constexpr_ops(max_elements), GlobalMaxPool, BatchNormalization, ConvTranspose, *_kernel_classes(registry, strategy)]
         self._evaluator = ReferenceEvaluator(runnable, new_ops=new_ops)
         initializers = {init.name for init in self.model.graph.initializer}
         self.input_names = [i.name for i in self.model.graph.input if i.name not in initializers]
@@ -1106,7 +1171,7 @@ class WeightSummary:
 
 @dataclass(frozen=True)
 class OnnxSummary:
-    """What :func:`inspect_onnx` found in a model."""
+    """Summary of the compressed weights of one ONNX model, from :func:`inspect_onnx`."""
 
     path: str
     ir_version: int
@@ -1218,8 +1283,9 @@ def densify_onnx(
     """Return a copy of the model with every ``sparseblob`` node decoded into an initializer.
 
     Each ``sparseblob`` output that a standard node or a graph output reads becomes an
-    initializer of the decoded values (sparseblob's decoders); the ``sparseblob`` nodes, their
-    parameter initializers, the ``sparseblob`` functions and the opset import are removed.
+    initializer of the values that sparseblob's decoders give, cast as the ``Cast`` that ends
+    its chain casts them. The ``sparseblob`` nodes, those ``Cast`` nodes, the parameter
+    initializers, the ``sparseblob`` functions and the opset import are removed.
     The result is a plain ONNX model that any runtime runs, with the same (pruned) weights.
 
     Raises:
@@ -1232,9 +1298,17 @@ def densify_onnx(
     graph = result.graph
     values: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
 
+    # A Cast that ends a chain is folded into the decoded initializer too.
+    chain_casts = {
+        tensor.nodes[-1].output[0] for tensor in find_compressed_tensors(graph).values() if tensor.nodes[-1].op_type == "Cast"
+    }
     decoded: dict[str, np.ndarray] = {}
     kept_nodes = []
     for node in graph.node:
+        if node.op_type == "Cast" and node.output and node.output[0] in chain_casts and node.input[0] in decoded:
+            target = helper.tensor_dtype_to_np_dtype(int(_attribute(node, "to")))
+            decoded[node.output[0]] = decoded[node.input[0]].astype(target)
+            continue
         if node.domain != DOMAIN:
             kept_nodes.append(node)
             continue
