@@ -22,7 +22,7 @@ import coremltools as ct  # noqa: E402
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.proto import MIL_pb2, Model_pb2  # noqa: E402
 
-from sparseblob.encoder import mlpackage, palettize_scaled, quantize_weight  # noqa: E402
+from sparseblob.encoder import apply_mask, mlpackage, n_m_mask, palettize_scaled, quantize_weight  # noqa: E402
 from sparseblob.encoder.config import CompressionConfig, WeightConfig  # noqa: E402
 from sparseblob.encoder.mlpackage import compress_package  # noqa: E402
 from sparseblob.runtime import load  # noqa: E402
@@ -704,3 +704,96 @@ def test_unique_mode_uses_four_bits_on_ios16(tmp_path):
     assert len(report.compressed) == 1
     assert [dim.constant.size for dim in lut.type.tensorType.dimensions] == [16]
     assert_bits_equal(consumer_weights(out)["dense"], weight, name="dense")
+
+
+@pytest.fixture(scope="module")
+def two_functions(tmp_path_factory) -> Path:
+    """An iOS18 package whose functions ``first`` and ``second`` share one dense weight file."""
+    from coremltools.models.utils import MultiFunctionDescriptor, save_multifunction
+
+    from ..runtime._packages import build_package as build_recipe
+
+    plain = build_recipe("ios18_plain", tmp_path_factory)
+    descriptor = MultiFunctionDescriptor()
+    descriptor.add_function(str(plain), "main", "first")
+    descriptor.add_function(str(plain), "main", "second")
+    descriptor.default_function_name = "first"
+    path = tmp_path_factory.mktemp("functions") / "functions.mlpackage"
+    with quiet_coremltools():
+        save_multifunction(descriptor, str(path))
+    return path
+
+
+def test_every_function_compressed(tmp_path, two_functions):
+    out = tmp_path / "out.mlpackage"
+    config = CompressionConfig.from_options(pattern="n_m", n_m="2:4", min_elements=100)
+
+    report = compress_package(two_functions, out, config)
+    with load(two_functions) as source, load(out) as package:
+        dense = {
+            op.outputs[0].name: np.array(op.attributes["val"].read())
+            for op in source.function("first").operations
+            if op.type == "const"
+        }
+        weights = {name: package.weights(name) for name in ("first", "second")}
+        with BlobFile(out / WEIGHTS) as blob_file:
+            records = blob_file.validate()
+
+    assert sorted((entry.function, entry.consumers[0].split()[0]) for entry in report.compressed) == [
+        ("first", "conv"), ("first", "linear"), ("second", "conv"), ("second", "linear"),
+    ]
+    for function, decoded in weights.items():
+        assert sorted(decoded) == sorted(entry.name for entry in report.compressed if entry.function == function)
+        for name, array in decoded.items():
+            assert_bits_equal(array, apply_mask(dense[name], n_m_mask(dense[name], 2, 4)), name=f"{function} {name}")
+    assert {record.metadata_offset for record in records} == {value.blobFileValue.offset for value in blob_values(read_spec(out))}
+
+
+def test_compressed_input_kept_value_for_value(tmp_path):
+    source = FIXTURES / "formats/ios18/joint_prune50_palettize4.mlpackage"
+    out = tmp_path / "out.mlpackage"
+
+    report = compress_package(source, out, CompressionConfig.from_options(**JOINT))
+    with load(source) as before, load(out) as after:
+        expected = before.constexpr_values()
+        found = after.constexpr_values()
+
+    assert report.compressed == []
+    assert list(found) == list(expected)
+    for name, array in found.items():
+        assert_bits_equal(array, expected[name], name=name)
+
+
+@pytest.fixture(scope="module")
+def ios17_plain(tmp_path_factory) -> Path:
+    from ..runtime._packages import build_package as build_recipe
+
+    return build_recipe("ios17_plain", tmp_path_factory)
+
+
+def test_ios17_uses_ios16_forms(tmp_path, ios17_plain):
+    out = tmp_path / "out.mlpackage"
+    config = CompressionConfig.from_options(values="quantize", quantize_dtype="uint8", min_elements=100)
+
+    report = compress_package(ios17_plain, out, config)
+    ops = [op for op in main_ops(read_spec(out)) if op.type.startswith("constexpr_")]
+    theirs = consumer_weights(out)
+    with load(out) as package:
+        ours = package.weights()
+
+    assert read_spec(out).mlProgram.functions["main"].opset == "CoreML7"
+    assert [entry.chain for entry in report.compressed] == [("constexpr_affine_dequantize",)] * 2
+    assert all(len(op.inputs) == 0 for op in ops)
+    assert sorted(ops[0].attributes) == ["axis", "name", "quantized_data", "scale", "zero_point"]
+    for entry in report.compressed:
+        consumer = entry.consumers[0].split("'")[1]
+        assert_bits_equal(ours[entry.name], theirs[consumer], name=entry.name)
+
+
+def test_ios17_rejects_int4(tmp_path, ios17_plain):
+    config = CompressionConfig.from_options(values="quantize", quantize_dtype="int4", min_elements=100)
+
+    with pytest.raises(EncodingError, match="quantize_dtype='int4' starts with iOS18.*opset is CoreML7"):
+        compress_package(ios17_plain, tmp_path / "out.mlpackage", config)
+
+    assert list(tmp_path.iterdir()) == []
