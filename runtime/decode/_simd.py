@@ -3,21 +3,26 @@
 Each intrinsic emits target-independent LLVM IR on 512-bit vectors. On x86 with AVX-512
 (VBMI2 for 8- and 16-bit elements) LLVM lowers them to single instructions: ``vpexpand*``
 for the mask scatter, ``vperm*`` for the table lookup and ``vcvtps2ph``/``vcvtph2ps`` for
-fp16 conversion. Other targets get an equivalent scalar expansion from LLVM, so results do
-not depend on the machine, only the speed does.
+fp16 conversion. On other CPUs LLVM expands the vector operations into equivalent scalar
+code, so results do not depend on the machine, only the speed does.
 
-Arrays passed to the vector intrinsics hold raw bits (uint8, uint16 or uint32). The lane
-count of a vector is ``64 // itemsize`` of the output array; kernels step by the same count
-through :func:`vector_lanes`.
+fp16 conversion is the exception: where the CPU has no conversion instruction (x86 without
+F16C), LLVM would call runtime functions that numba's JIT cannot resolve, so the
+intrinsics emit integer-only conversions instead, with the same results bit for bit.
+
+Data arrays of the scatter and lookup intrinsics hold raw bits (uint8, uint16 or uint32).
+The lane count of a vector is ``64 // itemsize`` of the output array; kernels step by the
+same count through :func:`vector_lanes`.
 """
 
 from __future__ import annotations
 
+import llvmlite.binding
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 __all__ = [
@@ -31,7 +36,11 @@ __all__ = [
     "half_bits",
     "float32_from_half_bits",
     "float32_bits",
+    "float32_from_bits",
     "round_to_half",
+    "native_half_conversion",
+    "software_half_bits",
+    "software_float32_from_half_bits",
 ]
 
 VECTOR_BYTES = 64
@@ -189,18 +198,32 @@ def lookup_vector(typingctx, table, table_start, indices, index_position, out, o
     return types.none(table, table_start, indices, index_position, out, out_position), codegen
 
 
-def _widen_vector(builder, vector, element_type):
+def _widen_vector(context, builder, vector, element_type):
     """Convert a vector of source elements to float32 lanes, exactly."""
     lanes = vector.type.count
     float_vector = ir.VectorType(ir.FloatType(), lanes)
     if element_type == types.float32:
         return vector
     if element_type == types.uint16:
-        halves = builder.bitcast(vector, ir.VectorType(ir.HalfType(), lanes))
-        return builder.fpext(halves, float_vector)
+        return _map_half_lanes(context, builder, vector, float_vector, _emit_float32_from_half_bits, "fpext")
     if element_type.signed:
         return builder.sitofp(vector, float_vector)
     return builder.uitofp(vector, float_vector)
+
+
+def _map_half_lanes(context, builder, vector, result_type, emit_scalar, instruction):
+    """Convert every lane between fp16 bits and float32, natively or lane by lane in software."""
+    lanes = vector.type.count
+    if _NATIVE_HALF:
+        if instruction == "fpext":
+            return builder.fpext(builder.bitcast(vector, ir.VectorType(ir.HalfType(), lanes)), result_type)
+        return builder.bitcast(builder.fptrunc(vector, ir.VectorType(ir.HalfType(), lanes)), result_type)
+    result = ir.Constant(result_type, None)
+    for lane in range(lanes):
+        index = ir.Constant(_I32, lane)
+        converted = emit_scalar(context, builder, builder.extract_element(vector, index))
+        result = builder.insert_element(result, converted, index)
+    return result
 
 
 @intrinsic
@@ -226,14 +249,14 @@ def shift_scale_vector(typingctx, data, position, offset, scale, out):
 
         source = _element_pointer(context, builder, data_type, data_value, position)
         loaded = builder.load(builder.bitcast(source, source_vector.as_pointer()), align=1)
-        values = _widen_vector(builder, loaded, data_type.dtype)
+        values = _widen_vector(context, builder, loaded, data_type.dtype)
 
         splat_offset = _splat(builder, offset_value, lanes)
         splat_scale = _splat(builder, scale_value, lanes)
         result = builder.fmul(builder.fsub(values, splat_offset), splat_scale)
         if out_type.dtype == types.uint16:
-            halves = builder.fptrunc(result, ir.VectorType(ir.HalfType(), lanes))
-            result = builder.bitcast(halves, ir.VectorType(ir.IntType(16), lanes))
+            bits_vector = ir.VectorType(ir.IntType(16), lanes)
+            result = _map_half_lanes(context, builder, result, bits_vector, _emit_half_bits, "fptrunc")
 
         target = _element_pointer(context, builder, out_type, out_value, position)
         builder.store(result, builder.bitcast(target, result.type.as_pointer()), align=1)
@@ -264,6 +287,86 @@ def popcount64(typingctx, word):
     return types.uint64(word), codegen
 
 
+def native_half_conversion() -> bool:
+    """Return True when numba's target CPU converts fp16 in hardware: AArch64, or x86 with F16C.
+
+    The x86 features are the ones numba compiles for: ``NUMBA_CPU_FEATURES`` when set, else
+    the host's.
+    """
+    architecture = llvmlite.binding.get_process_triple().split("-")[0]
+    if architecture in ("aarch64", "arm64"):
+        return True
+    if architecture not in ("x86_64", "i386", "i686"):
+        return False
+    features = config.CPU_FEATURES
+    if features is None:
+        features = llvmlite.binding.get_host_cpu_features().flatten()
+    return "+f16c" in features.split(",")
+
+
+_NATIVE_HALF = native_half_conversion()
+
+
+@numba.njit
+def software_half_bits(value):
+    """Round a float32 to fp16 bits with integer operations, as the hardware does.
+
+    Round to nearest even; values from 65520 up become infinity; a NaN becomes a quiet NaN
+    that keeps the sign and the top 9 payload bits.
+    """
+    bits = float32_bits(value)
+    sign = (bits >> np.uint32(16)) & np.uint32(0x8000)
+    magnitude = bits & np.uint32(0x7FFFFFFF)
+    if magnitude > np.uint32(0x7F800000):
+        payload = (magnitude & np.uint32(0x007FFFFF)) >> np.uint32(13)
+        return np.uint16(sign | np.uint32(0x7E00) | payload)
+    if magnitude >= np.uint32(0x477FF000):
+        return np.uint16(sign | np.uint32(0x7C00))
+    if magnitude >= np.uint32(0x38800000):
+        # Rebias the exponent from 127 to 15, then drop 13 mantissa bits rounding to even:
+        # adding 0xFFF plus the lowest kept bit carries exactly when the dropped bits exceed
+        # half, or equal half with an odd kept part.
+        lowest_kept = (magnitude >> np.uint32(13)) & np.uint32(1)
+        rounded = magnitude - np.uint32(0x38000000) + np.uint32(0x0FFF) + lowest_kept
+        return np.uint16(sign | (rounded >> np.uint32(13)))
+    # Subnormal or zero: the code is |value| * 2**24 rounded to the nearest even integer,
+    # which adding and subtracting 2**23 in float32 arithmetic does.
+    scaled = float32_from_bits(magnitude) * np.float32(16777216.0)
+    code = (scaled + np.float32(8388608.0)) - np.float32(8388608.0)
+    return np.uint16(sign | np.uint32(code))
+
+
+@numba.njit
+def software_float32_from_half_bits(bits):
+    """Widen fp16 bits to float32 with integer operations, as the hardware does.
+
+    A NaN keeps its sign and payload and comes back quiet.
+    """
+    value = np.uint32(bits)
+    sign = (value & np.uint32(0x8000)) << np.uint32(16)
+    exponent = (value >> np.uint32(10)) & np.uint32(0x1F)
+    mantissa = value & np.uint32(0x3FF)
+    if exponent == np.uint32(0x1F):
+        quiet = np.uint32(0x00400000) if mantissa else np.uint32(0)
+        return float32_from_bits(sign | np.uint32(0x7F800000) | quiet | (mantissa << np.uint32(13)))
+    if exponent == np.uint32(0):
+        magnitude = np.float32(mantissa) * np.float32(2.0**-24)
+        return -magnitude if sign else magnitude
+    return float32_from_bits(sign | ((exponent + np.uint32(112)) << np.uint32(23)) | (mantissa << np.uint32(13)))
+
+
+def _emit_half_bits(context, builder, value):
+    if _NATIVE_HALF:
+        return builder.bitcast(builder.fptrunc(value, ir.HalfType()), ir.IntType(16))
+    return context.compile_internal(builder, software_half_bits.py_func, types.uint16(types.float32), [value])
+
+
+def _emit_float32_from_half_bits(context, builder, bits):
+    if _NATIVE_HALF:
+        return builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.FloatType())
+    return context.compile_internal(builder, software_float32_from_half_bits.py_func, types.float32(types.uint16), [bits])
+
+
 @intrinsic
 def half_bits(typingctx, value):
     """Round a float32 to fp16 (round to nearest even) and return its bits as uint16.
@@ -274,7 +377,7 @@ def half_bits(typingctx, value):
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+        return _emit_half_bits(context, builder, args[0])
 
     return types.uint16(value), codegen
 
@@ -286,7 +389,24 @@ def float32_from_half_bits(typingctx, bits):
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return _emit_float32_from_half_bits(context, builder, args[0])
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def float32_from_bits(typingctx, bits):
+    """Return the float32 whose bits are the low 32 bits of the unsigned integer ``bits``."""
+    if not isinstance(bits, types.Integer) or bits.signed:
+        return None
+
+    def codegen(context, builder, signature, args):
+        word = args[0]
+        if word.type.width > 32:
+            word = builder.trunc(word, _I32)
+        elif word.type.width < 32:
+            word = builder.zext(word, _I32)
+        return builder.bitcast(word, ir.FloatType())
 
     return types.float32(bits), codegen
 
