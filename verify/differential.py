@@ -117,7 +117,9 @@ def compare_with_coremltools(decoded: DecodedFunction, reference: CoremltoolsVal
     - fail: a value differs, coremltools gave no value, coremltools rejected the package
       while sparseblob decoded the chain, or sparseblob rejected a chain that coremltools
       decoded;
-    - skip: both rejected the chain (the ``decode`` row has sparseblob's reason).
+    - skip: both rejected the chain (the ``decode`` row has sparseblob's reason), or
+      coremltools rejected the whole package while sparseblob rejected another weight, which
+      explains it.
     """
     function_name = decoded.function.name
     theirs: Mapping[str, np.ndarray] = reference.functions.get(function_name, {})
@@ -127,13 +129,7 @@ def compare_with_coremltools(decoded: DecodedFunction, reference: CoremltoolsVal
         names = [out.name for op in weight.chain for out in op.outputs]
 
         if reference.error is not None:
-            status = Status.SKIP if ours_failed else Status.FAIL
-            message = (
-                f"sparseblob and coremltools both reject the chain; coremltools: {reference.error}"
-                if ours_failed
-                else f"coremltools rejects the package, but sparseblob decodes the weight: {reference.error}"
-            )
-            rows.append(CheckResult("coremltools", weight.subject, status, "rejected", "same bits", message))
+            rows.append(_rejected_row(weight.subject, bool(ours_failed), bool(decoded.errors), reference.error))
             continue
         if ours_failed:
             first = ours_failed[0]
@@ -163,6 +159,18 @@ def compare_with_coremltools(decoded: DecodedFunction, reference: CoremltoolsVal
                 metrics={"arrays": len(names), "differing": 0},
             ))
     return rows
+
+
+def _rejected_row(subject: str, chain_failed: bool, any_failed: bool, error: str) -> CheckResult:
+    """Return the row of a weight when coremltools rejected the whole package."""
+    if chain_failed:
+        return CheckResult("coremltools", subject, Status.SKIP, "rejected", "same bits",
+                           f"sparseblob and coremltools both reject the chain; coremltools: {error}")
+    if any_failed:
+        return CheckResult("coremltools", subject, Status.SKIP, "not compared", "same bits",
+                           f"coremltools rejects the package because of another weight, which sparseblob rejects too: {error}")
+    return CheckResult("coremltools", subject, Status.FAIL, "rejected", "same bits",
+                       f"coremltools rejects the package, but sparseblob decodes every weight: {error}")
 
 
 def _arrays(count: int) -> str:

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparseblob.runtime.errors import OptionError
+from sparseblob.runtime.errors import OptionError, PatternError
+from sparseblob.runtime.kernels.patterns import NM, Blocks, check_pattern
 
 __all__ = [
     "BLOCK_SIZES",
@@ -325,17 +326,19 @@ def _holds(mask: np.ndarray, expectation: Expectation, sparsity: float) -> tuple
     if mask.size == 0:
         return True, ""
 
-    if expectation.kind == "n:m":
-        zeros = {axis: min_zeros_per_run(mask, expectation.m, axis) for axis in axes}
-        if any(count >= expectation.n for count in zeros.values()):
-            return True, ""
-        found = ", ".join(f"axis {axis}: {count}" for axis, count in zeros.items())
-        return False, f"fewest zeros in a run of {expectation.m}: {found}"
-
-    mixed = [axis for axis in axes if not blocks_hold(mask, expectation.size, axis)]
-    if len(mixed) < len(axes):
+    problems = []
+    for axis in axes:
+        if expectation.kind == "n:m":
+            pattern = NM(expectation.n, expectation.m, axis)
+        else:
+            pattern = Blocks(expectation.size, axis)
+        try:
+            check_pattern(mask, pattern, name="mask")
+        except PatternError as error:
+            problems.append(str(error).removeprefix("mask: "))
+            continue
         return True, ""
-    return False, f"a run of {expectation.size} mixes kept and zero elements along axis {', '.join(map(str, mixed))}"
+    return False, "; ".join(problems)
 
 
 def check_expectations(mask: np.ndarray | None, shape: Sequence[int], expectations: Iterable[Expectation]) -> list[str]:
