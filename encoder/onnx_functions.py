@@ -39,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sparseblob.runtime.errors import EncodingError
 from sparseblob.runtime.onnx_run import (
     BLOCKWISE_SHIFT_SCALE,
+    CASTLIKE_OPSET,
     DOMAIN,
     LUT_TO_DENSE,
     LUT_TO_SPARSE,
@@ -49,9 +50,6 @@ from sparseblob.runtime.onnx_run import (
 )
 
 __all__ = ["make_function", "CASTLIKE_OPSET"]
-
-# CastLike, which rounds the shift-scale result to the scale's dtype, exists from opset 15.
-CASTLIKE_OPSET = 15
 
 # Bits per element and signedness, indexed by the ONNX TensorProto code in data_dtype.
 _TABLE_SIZE = 32

@@ -88,6 +88,7 @@ __all__ = [
     "DATA_DTYPES",
     "OpSignature",
     "default_opset",
+    "check_model",
     "node_params",
     "CompressedTensor",
     "find_compressed_tensors",
@@ -112,6 +113,8 @@ RUNTIME_DOMAIN = "sparseblob.runtime"
 MIN_OPSET = 11
 # Core ML opset whose op definitions (iOS18) the ONNX ops follow.
 COREML_OPSET = "CoreML8"
+# CastLike, which rounds the shift-scale result to an fp16 scale's dtype, exists from opset 15.
+CASTLIKE_OPSET = 15
 
 SPARSE_TO_DENSE = "constexpr_sparse_to_dense"
 LUT_TO_DENSE = "constexpr_lut_to_dense"
@@ -171,6 +174,40 @@ def default_opset(model: onnx.ModelProto) -> int:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
     raise PackageError("the model imports no opset of the default ONNX domain ('' or 'ai.onnx')")
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """Check the rules of the ONNX form that no single node shows.
+
+    Raises:
+        PackageError: the model imports a ``sparseblob`` version other than 1.
+        UnsupportedOpError: a ``sparseblob`` node has an unknown op type, the default opset is
+            below 11 while ``sparseblob`` nodes are present, or a shift-scale op has an fp16
+            scale below opset 15 (its function body would return fp32).
+    """
+    nodes = [node for node in model.graph.node if node.domain == DOMAIN]
+    if not nodes:
+        return
+    versions = {entry.domain: entry.version for entry in model.opset_import}
+    if versions.get(DOMAIN) != DOMAIN_VERSION:
+        raise PackageError(f"the model imports {DOMAIN} version {versions.get(DOMAIN)}; expected {DOMAIN_VERSION}")
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        raise UnsupportedOpError(f"the model uses opset {opset}; {DOMAIN} nodes need opset {MIN_OPSET} or later")
+    fp16 = {init.name for init in model.graph.initializer if init.data_type == TensorProto.FLOAT16}
+    for node in nodes:
+        if node.op_type not in SIGNATURES:
+            raise UnsupportedOpError(
+                f"{_describe(node.op_type, node.name)}: op type {node.op_type!r} is not a {DOMAIN} op; "
+                f"expected one of {sorted(SIGNATURES)}"
+            )
+        shift_scale = node.op_type in (BLOCKWISE_SHIFT_SCALE, SPARSE_BLOCKWISE_SHIFT_SCALE)
+        scale = node.input[SIGNATURES[node.op_type].inputs.index("scale")] if shift_scale and len(node.input) > 2 else None
+        if scale in fp16 and opset < CASTLIKE_OPSET:
+            raise UnsupportedOpError(
+                f"{_describe(node.op_type, node.name)}: scale {scale!r} is fp16, but the model uses opset {opset}; "
+                f"fp16 scales need opset {CASTLIKE_OPSET} (CastLike), so store fp32 scales"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1079,6 +1116,7 @@ class OnnxRunner:
         if weights not in WEIGHT_MODES:
             raise OpParameterError(f"weights={weights!r} is not one of {list(WEIGHT_MODES)}")
         self.model = load_model(model)
+        check_model(self.model)
         self.weights = weights
         registry: dict[str, _KernelWeight] = {}
         runnable = self.model
@@ -1293,6 +1331,7 @@ def densify_onnx(
         SparseblobError: a compressed weight is malformed.
     """
     source = load_model(model)
+    check_model(source)
     result = onnx.ModelProto()
     result.CopyFrom(source)
     graph = result.graph

@@ -319,6 +319,21 @@ def test_negative_shape_is_rejected():
         onnx_run.decode_node(onnx_run.SPARSE_TO_DENSE, inputs)
 
 
+def test_fp16_scale_below_opset_15_is_rejected():
+    compressed, _ = compress_model(_models.conv_model(opset=13), sparsity=0.5, values="quantize", min_elements=0)
+    init = next(i for i in compressed.graph.initializer if i.name == "w.sparseblob.scale")
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    with pytest.raises(UnsupportedOpError, match="fp16 scales need opset 15"):
+        OnnxRunner(compressed)
+
+
+def test_unknown_sparseblob_op_is_rejected():
+    compressed, _ = compress_model(_models.conv_model(), sparsity=0.5, min_elements=0)
+    compressed.graph.node[0].op_type = "constexpr_cast"
+    with pytest.raises(UnsupportedOpError, match="'constexpr_cast' is not a sparseblob op"):
+        densify_onnx(compressed)
+
+
 def test_missing_input_is_rejected():
     with pytest.raises(OpParameterError, match="missing model input"):
         run_onnx(_models.conv_model(), {})
