@@ -1,9 +1,9 @@
 """Decode throughput of the constexpr decoders on a 4096 x 11008 weight, in GB/s of dense output.
 
-Each decoder runs side by side with two copies of the same number of output bytes
-(``np.copyto`` into a new array, which pays for allocating and first touching the output as a
-decoder does, and into an existing array) and with coremltools' reference ``decompress`` of
-the same op. Decoder and copies are timed in interleaved rounds, so that load from other
+Each decoder runs side by side with coremltools' reference ``decompress`` of the same op and
+with two copies of the same number of output bytes: ``np.copyto`` into a new array, which
+pays for allocating and first touching the output as a decoder does, and into an existing
+array. Decoder and copies are timed in interleaved rounds, so that load from other
 processes affects them alike; each time is the best over all rounds of several passes, after
 one warm-up call that also compiles the numba kernels.
 

@@ -120,7 +120,7 @@ def row_count(dims: np.ndarray) -> int:
 def row_bases(counter: np.ndarray, blocks: np.ndarray, param_strides: np.ndarray, strides: np.ndarray):
     """Return the parameter offset and the source offset of the row at ``counter``.
 
-    ``counter`` holds the index along every axis but the last.
+    ``counter`` contains the index along every axis but the last.
     """
     param_base = 0
     base = 0

@@ -311,8 +311,8 @@ _NATIVE_HALF = native_half_conversion()
 def software_half_bits(value):
     """Round a float32 to fp16 bits with integer operations, as the hardware does.
 
-    Round to nearest even; values from 65520 up become infinity; a NaN becomes a quiet NaN
-    that keeps the sign and the top 9 payload bits.
+    Rounding is to nearest even, and magnitudes from 65520 up become infinity. A NaN becomes
+    a quiet NaN that keeps the sign and the top 9 payload bits.
     """
     bits = float32_bits(value)
     sign = (bits >> np.uint32(16)) & np.uint32(0x8000)
@@ -427,9 +427,10 @@ def float32_bits(typingctx, value):
 def round_to_half(value: np.float32) -> np.float32:
     """Round a float32 to the nearest fp16 value and return it as float32, the way numpy does.
 
-    numpy's float32-to-float16 cast keeps a NaN's payload bits without quieting it, and maps a
-    payload that would truncate to zero onto the smallest one; the hardware conversion quiets
-    instead. The NaN branch reproduces numpy, so that a later operation sees the same payload.
+    numpy's float32-to-float16 cast keeps a NaN's payload bits without quieting it. It maps a
+    payload that would truncate to zero onto the smallest one, where the hardware conversion
+    quiets the NaN instead. The NaN branch reproduces numpy, so that a later operation sees
+    the same payload.
     """
     if value != value:
         raw = float32_bits(value)

@@ -205,7 +205,7 @@ def _lookup_dense(codes: np.ndarray, lut: np.ndarray, vector_axis: int | None, o
 def _lookup_packed(indices: np.ndarray, lut: np.ndarray, nbits: int, out: np.ndarray) -> None:
     """Look up indices packed ``nbits`` (1, 2, 4 or 8) to a byte, one packed byte at a time.
 
-    A 256-row table holds the 8 / nbits LUT values that each possible byte decodes to, so
+    A 256-row table contains the 8 / nbits LUT values that each possible byte decodes to, so
     every packed byte turns into one row copy, with no unpacked index array.
     """
     per_byte = 8 // nbits

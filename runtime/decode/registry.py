@@ -184,10 +184,10 @@ def decode_op(
     Args:
         op_type: MIL op type, e.g. ``"constexpr_lut_to_dense"``.
         opset: the function's opset name, e.g. ``"CoreML8"``.
-        params: MIL parameter name to value: numpy arrays, sub-byte types unpacked into
-            uint8/int8 containers, iOS16 packed tensors as uint8 bytes; ``axis``,
-            ``vector_axis`` and ``output_dtype`` may also be Python or numpy scalars. A
-            ``name`` entry (the op's name attribute) is ignored.
+        params: MIL parameter name to value. Values are numpy arrays, with sub-byte types
+            unpacked into uint8/int8 containers and iOS16 packed tensors as uint8 bytes.
+            ``axis``, ``vector_axis`` and ``output_dtype`` may also be Python or numpy
+            scalars. A ``name`` entry (the op's name attribute) is ignored.
         name: the op name, used in error messages.
         max_elements: largest element count a decoder may allocate for one output.
         dtypes: optional logical MIL dtype name per parameter (``{"indices": "uint4"}``).

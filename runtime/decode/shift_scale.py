@@ -79,7 +79,7 @@ _ZERO_POINT_DTYPES = INTEGER_DTYPES + (_FP32,)
 
 
 def _as_float32(value):
-    """Widen one source element to float32 (a uint16 element is the bits of an fp16)."""
+    """Widen one source element to float32 (uint16 for fp16 bits)."""
 
 
 @overload(_as_float32, inline="always")
@@ -94,7 +94,7 @@ def _as_float32_overload(value):
 
 
 def _encode(value, out):
-    """Convert a float32 result to the element type of ``out`` (a uint16 element is the bits of an fp16)."""
+    """Convert a float32 result to the element type of ``out`` (uint16 for fp16 bits)."""
 
 
 @overload(_encode, inline="always")
@@ -237,8 +237,8 @@ def _as_float32_array(array: np.ndarray) -> np.ndarray:
 def _widen_values(values: np.ndarray) -> np.ndarray:
     """Return source values as float32, each widened as the kernels widen one element.
 
-    Integers convert exactly; fp16 goes through the same hardware conversion as in the
-    kernels (a signaling NaN comes back quiet there too); fp32 is returned as it is.
+    Integers convert exactly and fp32 is returned as it is. fp16 goes through the same
+    conversion as in the kernels, which also makes a signaling NaN quiet.
     """
     if values.dtype == _FP32:
         return np.ascontiguousarray(values).reshape(-1)
@@ -253,7 +253,8 @@ def _parameters(scale: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarra
     """Return scale and offset as flat float32 arrays, a zero offset when there is none."""
     flat_scale = _as_float32_array(scale)
     if offset is None:
-        # x - 0.0 == x for every float32 x, -0.0 and NaN payloads included.
+        # x - 0.0 equals x for every float32 x, -0.0 included. A NaN keeps its payload; a
+        # signaling one turns quiet, as the product by the scale would make it anyway.
         return flat_scale, np.zeros_like(flat_scale)
     return flat_scale, _as_float32_array(offset)
 

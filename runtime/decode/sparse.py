@@ -3,7 +3,7 @@
 A sparse weight is stored as its non-zero values, in C order, and a bit mask with one bit
 per dense element. The output is zero where the bit is clear and the next value where it is
 set. The iOS16 op packs the mask LSB-first into bytes and takes the dense shape as a
-parameter; the iOS18 op takes a uint1 mask of the dense shape (one byte per element here).
+parameter. The iOS18 op takes a uint1 mask of the dense shape, one byte per element here.
 
 Example (iOS18)::
 
@@ -79,7 +79,7 @@ def _scatter_bit_mask(mask_bits, values, out):
 @numba.njit(nogil=True)
 def _mask_word_bits(words):
     # Returns the set bits of all words and the OR of every bit that a 0/1 byte cannot have.
-    ones = 0
+    ones = np.uint64(0)
     invalid = np.uint64(0)
     for k in range(words.size):
         word = words[np.uint64(k)]

@@ -298,7 +298,7 @@ def test_vector_axis_out_of_range_is_rejected(vector_axis):
         lut_to_dense_ios18(np.zeros((4, 4), np.uint8), np.zeros((1, 1, 4, 2), np.float16), vector_axis)
 
 
-def test_vector_axis_out_of_range_is_rejected_for_scalar_lut():
+def test_scalar_lut_rejects_bad_vector_axis():
     with pytest.raises(ParameterShapeError, match="vector_axis is 5"):
         lut_to_dense_ios18(np.zeros((4, 4), np.uint8), np.zeros((1, 1, 4, 1), np.float16), 5)
 

@@ -174,7 +174,7 @@ def test_index_dtype_enables_palette_check():
         decode_op("constexpr_lut_to_dense", "CoreML8", params, name="w", dtypes={"indices": "uint4", "lut": "fp16"})
 
 
-def test_index_dtype_of_lut_to_sparse_enables_palette_check():
+def test_lut_to_sparse_index_dtype_check():
     params = {"indices_mask": MASK, "indices_nonzero_data": np.zeros(4, np.uint8), "lut": LUT.reshape(1, 1, 4, 1)}
 
     with pytest.raises(ParameterShapeError, match="the indices are uint1; expected 2"):

@@ -3,8 +3,8 @@
 The references are the static ``decompress`` methods of coremltools 9.0:
 ``iOS16.constexpr_ops.constexpr_affine_dequantize`` and ``iOS18.compression``'s
 ``constexpr_blockwise_shift_scale`` and ``constexpr_sparse_blockwise_shift_scale``. With an
-fp16 scale and an fp32 offset the iOS18 reference returns fp32 (numpy promotion) although
-the op's output type is the scale dtype; the tests compare with that result cast to fp16.
+fp16 scale and an fp32 offset the iOS18 reference returns fp32 (numpy promotion), although
+the op's output type is the scale dtype. The tests compare with that result cast to fp16.
 """
 
 from __future__ import annotations
