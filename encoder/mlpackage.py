@@ -330,7 +330,7 @@ def _collect_uses(operations, outputs, uses: dict[str, list[_Use]], *, where: st
         for block in op.blocks:
             _collect_uses(block.operations, block.outputs, uses, where=f"a block of {op.type} {op.name!r}")
     for name in outputs:
-        uses.setdefault(name, []).append(_Use(None, f"output of {where}"))
+        uses.setdefault(name, []).append(_Use(None, f"the output of {where}"))
 
 
 def _uses_of(function: Function) -> dict[str, list[_Use]]:
