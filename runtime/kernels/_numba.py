@@ -37,6 +37,7 @@ from ._simd import (
     vload_f16,
     vload_i8,
     vload_index,
+    vload_indexed,
     vload_pieces,
     vload_u8,
     vmul,
@@ -46,6 +47,7 @@ from ._simd import (
     vsplat_pieces,
     vstore,
     vstore_folded,
+    vstore_pieces,
     vsub,
     vzero,
     vadd,
@@ -140,43 +142,114 @@ def bitmask_gemv(
     rows = row_start.size - 1
     for r in prange(rows):
         p = row_start[r]
-        base = r * n_chunks
+        # A row view keeps the index non-negative, so numba emits no wraparound arithmetic.
+        row_masks = chunk_masks[r * n_chunks : (r + 1) * n_chunks]
         row_base = row_group[r]
-        # Two accumulators, swapped every chunk, hide the latency of the fused multiply-add.
+        # Four accumulators, rotated every chunk, hide the latency of the fused multiply-add.
         acc0 = vzero()
         acc1 = vzero()
+        acc2 = vzero()
+        acc3 = vzero()
         for k in range(n_chunks):
-            mask = chunk_masks[base + k]
+            mask = row_masks[k]
             value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, p, row_base + chunk_group[k])
             p += popcount(mask)
-            updated = vfma(vexpand(value, mask), vload(x, k * LANES), acc1)
+            updated = vfma(vexpand(value, mask), vload(x, k * LANES), acc3)
+            acc3 = acc2
+            acc2 = acc1
+            acc1 = acc0
+            acc0 = updated
+        y[r] = vhsum(vadd(vadd(acc0, acc1), vadd(acc2, acc3)))
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=False)
+def indexed_gemv(
+    value_columns, row_start, row_group,
+    mode, data16, data32, codes, table, width, scale, offset, rounding,
+    x, y,
+):  # fmt: skip
+    """``y[r] = sum_c W[r, c] * x[c]`` from each stored value's column (AVX-512).
+
+    Work is proportional to the number of stored values, not to the dense size, which pays off
+    at low density. Groups must depend on the row only.
+    """
+    rows = row_start.size - 1
+    for r in prange(rows):
+        first = row_start[r]
+        count = row_start[r + 1] - first
+        group = row_group[r]
+        acc0 = vzero()
+        acc1 = vzero()
+        for step in range(0, count, LANES):
+            value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, first + step, group)
+            lanes = min(count - step, LANES)
+            updated = vfma(vexpand(value, _low_lanes(lanes)), vload_indexed(x, value_columns, first + step), acc1)
             acc1 = acc0
             acc0 = updated
         y[r] = vhsum(vadd(acc0, acc1))
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=False)
+def bitmask_gemm4(
+    chunk_masks, row_start, n_chunks, row_group, chunk_group,
+    mode, data16, data32, codes, table, width, scale, offset, rounding,
+    x, y,
+):  # fmt: skip
+    """``y[t, r] = sum_c W[r, c] * x[t, c]`` for tokens in groups of 4 (AVX-512).
+
+    ``x`` is the flat view of ``[tokens, n_chunks * 16 + 16]`` with ``tokens`` a multiple of 4,
+    and ``y`` the flat view of ``[tokens, rows]``. Each chunk is decoded once per 4 tokens.
+    """
+    rows = row_start.size - 1
+    stride = n_chunks * LANES + LANES
+    tokens = x.size // stride
+    for r in prange(rows):
+        row_masks = chunk_masks[r * n_chunks : (r + 1) * n_chunks]
+        row_base = row_group[r]
+        for first in range(0, tokens, 4):
+            p = row_start[r]
+            acc0 = vzero()
+            acc1 = vzero()
+            acc2 = vzero()
+            acc3 = vzero()
+            for k in range(n_chunks):
+                mask = row_masks[k]
+                value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, p, row_base + chunk_group[k])
+                p += popcount(mask)
+                weights = vexpand(value, mask)
+                column = first * stride + k * LANES
+                acc0 = vfma(weights, vload(x, column), acc0)
+                acc1 = vfma(weights, vload(x, column + stride), acc1)
+                acc2 = vfma(weights, vload(x, column + 2 * stride), acc2)
+                acc3 = vfma(weights, vload(x, column + 3 * stride), acc3)
+            y[first * rows + r] = vhsum(acc0)
+            y[(first + 1) * rows + r] = vhsum(acc1)
+            y[(first + 2) * rows + r] = vhsum(acc2)
+            y[(first + 3) * rows + r] = vhsum(acc3)
 
 
 @njit(parallel=True, cache=False)
 def bitmask_decode_simd(
     chunk_masks, row_start, n_chunks, row_group, chunk_group,
     mode, data16, data32, codes, table, width, scale, offset, rounding,
-    first_row, out,
+    first_row, stride, out,
 ):  # fmt: skip
     """Write rows ``first_row ..`` of the decoded weight to ``out`` (AVX-512).
 
-    ``out`` is the flat view of a ``[n, n_chunks * 16]`` fp32 buffer; every element is written.
+    ``out`` is the flat view of a ``[n, stride]`` fp32 buffer with ``stride >= n_chunks * 16``;
+    the first ``n_chunks * 16`` columns of every row are written.
     """
-    columns_padded = n_chunks * LANES
-    n = out.size // columns_padded if columns_padded else 0
+    n = out.size // stride
     for i in prange(n):
         r = first_row + i
         p = row_start[r]
-        base = r * n_chunks
+        row_masks = chunk_masks[r * n_chunks : (r + 1) * n_chunks]
         row_base = row_group[r]
         for k in range(n_chunks):
-            mask = chunk_masks[base + k]
+            mask = row_masks[k]
             value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, p, row_base + chunk_group[k])
             p += popcount(mask)
-            vstore(out, i * columns_padded + k * LANES, vexpand(value, mask))
+            vstore(out, i * stride + k * LANES, vexpand(value, mask))
 
 
 @njit(parallel=True, cache=False)
@@ -190,9 +263,10 @@ def bitmask_decode_scalar(
         r = first_row + i
         out[i, :] = 0.0
         p = row_start[r]
+        row_masks = chunk_masks[r * n_chunks : (r + 1) * n_chunks]
         row_base = row_group[r]
         for k in range(n_chunks):
-            mask = np.uint32(chunk_masks[r * n_chunks + k])
+            mask = np.uint32(row_masks[k])
             while mask != 0:
                 c = k * LANES + trailing_zeros(mask)
                 out[i, c] = _value(mode, data16, data32, codes, table, width, scale, offset, rounding, p, row_base + column_group[c])
@@ -244,6 +318,41 @@ def _make_row_blocks_gemv(block: int):
             vstore_folded(y, rb * block, vadd(acc0, acc1), block)
 
     return row_blocks_gemv
+
+
+def _make_row_blocks_decode(block: int):
+    per_step = LANES // block
+
+    @njit(parallel=True, cache=False)
+    def row_blocks_decode(
+        kept_columns, block_start, block_group, lane_scale, lane_offset,
+        mode, data16, data32, codes, table, width, scale, offset, rounding,
+        first_block, stride, out,
+    ):  # fmt: skip
+        """Write the rows of blocks ``first_block ..`` to ``out``, the flat view of
+        ``[n_blocks * block, stride]`` (AVX-512, same group rules as the gemv)."""
+        n_blocks = out.size // (block * stride)
+        for i in prange(n_blocks):
+            rb = first_block + i
+            base = i * block * stride
+            out[base : base + block * stride] = 0.0
+            first = block_start[rb]
+            count = block_start[rb + 1] - first
+            group = block_group[rb]
+            table_vector = vzero()
+            offset_vector = vzero()
+            scale_vector = vzero()
+            if mode == LUT16:
+                table_vector = vload(table, group * LANES)
+            elif mode > LUT:
+                offset_vector = vload(lane_offset, rb * LANES)
+                scale_vector = vload(lane_scale, rb * LANES)
+            for step in range(0, count, per_step):
+                entry = first + step
+                value = _vector(mode, data16, data32, codes, entry * block, table_vector, table, group * width, offset_vector, scale_vector, rounding)
+                vstore_pieces(out, base, stride, kept_columns, entry, min(count - step, per_step), block, value)
+
+    return row_blocks_decode
 
 
 @njit(parallel=True, cache=False)
@@ -303,6 +412,34 @@ def _make_column_blocks_gemv(block: int):
     return column_blocks_gemv
 
 
+def _make_column_blocks_decode(block: int):
+    per_step = LANES // block
+
+    @njit(parallel=True, cache=False)
+    def column_blocks_decode(
+        block_columns, row_start, row_group,
+        mode, data16, data32, codes, table, width, scale, offset, rounding,
+        first_row, stride, out,
+    ):  # fmt: skip
+        """Write rows ``first_row ..`` to ``out``, the flat view of ``[n, stride]`` with
+        ``stride >= columns_padded + 16`` (AVX-512; groups must depend on the row only). Blocks
+        that run past the last column write filler values into the spare columns."""
+        n = out.size // stride
+        for i in prange(n):
+            r = first_row + i
+            base = i * stride
+            out[base : base + stride] = 0.0
+            first = row_start[r]
+            count = row_start[r + 1] - first
+            group = row_group[r]
+            for step in range(0, count, per_step):
+                entry = first + step
+                value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, entry * block, group)
+                vstore_pieces(out, base, 1, block_columns, entry, min(count - step, per_step), block, value)
+
+    return column_blocks_decode
+
+
 @njit(parallel=True, cache=False)
 def column_blocks_decode_scalar(
     block, block_columns, row_start, columns, row_group, column_group,
@@ -326,6 +463,8 @@ def column_blocks_decode_scalar(
 BLOCK_WIDTHS = (2, 4, 8, 16)
 _ROW_BLOCK_GEMV = {}
 _COLUMN_BLOCK_GEMV = {}
+_ROW_BLOCK_DECODE = {}
+_COLUMN_BLOCK_DECODE = {}
 
 
 def row_blocks_gemv(block: int):
@@ -340,3 +479,17 @@ def column_blocks_gemv(block: int):
     if block not in _COLUMN_BLOCK_GEMV:
         _COLUMN_BLOCK_GEMV[block] = _make_column_blocks_gemv(block)
     return _COLUMN_BLOCK_GEMV[block]
+
+
+def row_blocks_decode(block: int):
+    """Return the compiled row-block decode kernel for ``block`` in :data:`BLOCK_WIDTHS`."""
+    if block not in _ROW_BLOCK_DECODE:
+        _ROW_BLOCK_DECODE[block] = _make_row_blocks_decode(block)
+    return _ROW_BLOCK_DECODE[block]
+
+
+def column_blocks_decode(block: int):
+    """Return the compiled column-block decode kernel for ``block`` in :data:`BLOCK_WIDTHS`."""
+    if block not in _COLUMN_BLOCK_DECODE:
+        _COLUMN_BLOCK_DECODE[block] = _make_column_blocks_decode(block)
+    return _COLUMN_BLOCK_DECODE[block]

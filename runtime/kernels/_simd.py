@@ -53,7 +53,9 @@ __all__ = [
     "vstore",
     "vload_pieces",
     "vsplat_pieces",
+    "vload_indexed",
     "vstore_folded",
+    "vstore_pieces",
     "popcount",
     "trailing_zeros",
     "half_to_float",
@@ -432,6 +434,33 @@ def vsplat_pieces(typingctx, array, starts, first, width):
 
 
 @intrinsic
+def vload_indexed(typingctx, array, columns, first):
+    """Return ``array[columns[first + j]]`` in lane j, with scalar loads (no gather instruction).
+
+    ``columns`` is a uint16 or int32 array of indices into the float32 ``array``.
+    """
+    if not _check_array(array, types.float32) or not isinstance(columns, types.Array):
+        return None
+    if columns.dtype not in (types.uint16, types.int32) or columns.ndim != 1:
+        return None
+    unsigned = columns.dtype == types.uint16
+
+    def codegen(context, builder, signature, args):
+        array_value, columns_value, first_value = args
+        base = _element_pointer(context, builder, signature.args[0], array_value, ir.Constant(_I64, 0))
+        result = ir.Constant(_vec(_F32), None)
+        for lane in range(LANES):
+            position = builder.add(first_value, ir.Constant(first_value.type, lane))
+            column = builder.load(_element_pointer(context, builder, signature.args[1], columns_value, position))
+            column = builder.zext(column, _I64) if unsigned else builder.sext(column, _I64)
+            element = builder.load(builder.gep(base, [column]), align=4)
+            result = builder.insert_element(result, element, ir.Constant(_I32, lane))
+        return result
+
+    return f32x16(array, columns, types.intp), codegen
+
+
+@intrinsic
 def vstore_folded(typingctx, array, index, vector, width):
     """Store ``width`` sums to ``array[index:index+width]``: sum i adds lanes ``i, i+width, ...``.
 
@@ -456,6 +485,39 @@ def vstore_folded(typingctx, array, index, vector, width):
         return context.get_dummy_value()
 
     return types.void(array, types.intp, f32x16, width), codegen
+
+
+@intrinsic
+def vstore_pieces(typingctx, array, base, stride, starts, first, count, width, vector):
+    """Scatter the first ``count`` runs of ``vector`` to ``array``: lane ``j * width + i`` goes
+    to ``array[base + i * stride + starts[first + j]]`` for ``j < count``.
+
+    With ``stride == 1`` each run of ``width`` lanes is stored contiguously (column blocks);
+    with ``stride`` equal to a row length each run is a column of ``width`` rows (row blocks).
+    ``width`` must be a compile-time constant (a literal 1, 2, 4, 8 or 16).
+    """
+    if not isinstance(width, types.IntegerLiteral) or width.literal_value not in (1, 2, 4, 8, 16):
+        return None
+    if not _check_array(array, types.float32) or not _check_array(starts, types.int32) or vector != f32x16:
+        return None
+    run = width.literal_value
+
+    def codegen(context, builder, signature, args):
+        array_value, base_value, stride_value, starts_value, first_value, count_value, _, vector_value = args
+        origin = _element_pointer(context, builder, signature.args[0], array_value, base_value)
+        for j in range(LANES // run):
+            inside = builder.icmp_signed(">", count_value, ir.Constant(count_value.type, j))
+            with builder.if_then(inside, likely=True):
+                position = builder.add(first_value, ir.Constant(first_value.type, j))
+                start_pointer = _element_pointer(context, builder, signature.args[3], starts_value, position)
+                start = builder.sext(builder.load(start_pointer), _I64)
+                for i in range(run):
+                    offset = builder.add(start, builder.mul(stride_value, ir.Constant(_I64, i)))
+                    element = builder.extract_element(vector_value, ir.Constant(_I32, j * run + i))
+                    builder.store(element, builder.gep(origin, [offset]), align=4)
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp, types.intp, starts, types.intp, types.intp, width, f32x16), codegen
 
 
 @intrinsic

@@ -514,6 +514,17 @@ class BitmaskWeight(CompressedWeight):
         rows, columns = np.nonzero(self.kernel_mask())
         return rows.astype(np.int64), columns.astype(np.int64), np.ones(rows.size, dtype=bool)
 
+    @cached_property
+    def value_columns(self) -> np.ndarray:
+        """Kernel column of each stored value, ``tensor<uint16 or int32, [nnz + 16]>``.
+
+        uint16 when every column index fits in it. Built on first use, for the kernel that
+        walks the stored values instead of the mask.
+        """
+        _, columns = np.nonzero(self.kernel_mask())
+        dtype = np.uint16 if self.columns_padded <= 1 << 16 else np.int32
+        return _padded(columns, dtype)
+
     def compressed_bytes(self) -> int:
         return int(self.chunk_masks.nbytes + self.payload.size * self.payload.bytes_per_value())
 

@@ -79,7 +79,7 @@ CASES = {
     "3d": ((1, 4, 5, 5, 4), (4, 2, 2, 3, 2), (1, 2, 1), (1, 1, 2), ((0, 1), (1, 1), (1, 0)), 2),
     "3d depthwise": ((1, 2, 4, 4, 4), (2, 1, 3, 3, 3), (1, 1, 1), (1, 1, 1), ((1, 1), (1, 1), (1, 1)), 2),
 }
-LAYOUTS = {"unstructured": "unstructured", "row blocks": ("rows", 2), "column blocks": ("columns", 2), "2:4": ("nm", 2, 4, 1)}
+LAYOUTS = {"unstructured": "unstructured", "row blocks": ("rows", 4), "column blocks": ("columns", 2), "2:4": ("nm", 2, 4, 1)}
 
 
 PATTERN_AXIS = {"rows": 0, "columns": 1, "nm": 1}
