@@ -138,7 +138,7 @@ def run_with_trace(
         kernel = "dense"
         sparse = _sparse_operand(op, sparse_weights)
         if sparse is not None:
-            from .kernels.dispatch import run_sparse_op
+            from .sparse_dispatch import run_sparse_op
 
             params = _gather_inputs(op, env, skip=sparse[0])
             results = run_sparse_op(
@@ -306,12 +306,9 @@ def _trace_entry(op: Operation, results, elapsed: float, kernel: str) -> OpTrace
 
 
 def _sparse_weights(package: Package, func: Function) -> dict:
-    """Build the compressed-weight objects for the sparse chains of ``func`` (empty for now)."""
-    try:
-        from .kernels.dispatch import compressed_weights
-    except ImportError:
-        logger.debug("sparse kernels unavailable; running every weight dense")
-        return {}
+    """Build the compressed-weight objects for the sparse chains of ``func``."""
+    from .sparse_dispatch import compressed_weights
+
     return compressed_weights(package, func)
 
 

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from sparseblob.runtime.interpreter import run
+from sparseblob.runtime.interpreter import run, run_with_trace
 from sparseblob.runtime.package import load
 from sparseblob.verify.compare import assert_close
 from tests.conftest import FIXTURES
@@ -56,3 +56,25 @@ def test_sparse_path_matches_dense_path(entry):
     for name in dense:
         # Without per-op rounding to fp16, the two paths differ only in fp32 summation order.
         assert_close(sparse[name], dense[name], dtype="fp32", name=name)
+
+
+SPARSE_MODELS = [
+    entry for entry in MODELS if any(step["technique"] == "pruning" for step in entry["compression"])
+]
+
+
+@pytest.mark.parametrize("entry", SPARSE_MODELS, ids=[entry["name"] for entry in SPARSE_MODELS])
+def test_pruned_model_runs_sparse_kernels(entry):
+    package = load(FIXTURES / entry["package"])
+    result = run_with_trace(package, _inputs(entry), weights="sparse")
+
+    kernels = [item.kernel for item in result.trace if item.type in ("linear", "matmul", "conv")]
+    assert "sparse" in kernels
+
+
+def test_dense_mode_runs_no_sparse_kernel():
+    entry = SPARSE_MODELS[0]
+    package = load(FIXTURES / entry["package"])
+    result = run_with_trace(package, _inputs(entry), weights="dense")
+
+    assert {item.kernel for item in result.trace} == {"dense"}
