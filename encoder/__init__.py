@@ -56,8 +56,14 @@ from .quantize import (
     quantize_nonzero,
 )
 from .sparse import NONZERO_DTYPES, convert_exactly, encode_sparse
+from .config import CompressionConfig, WeightConfig
+from .mlpackage import CompressionReport, compress_package
 
 __all__ = [
+    "compress_package",
+    "CompressionConfig",
+    "CompressionReport",
+    "WeightConfig",
     "threshold_mask",
     "magnitude_mask",
     "block_mask",

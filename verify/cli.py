@@ -186,6 +186,113 @@ def run(package, input_pairs, inputs_file, output, weights, precision, function,
 
 
 @cli.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="The compressed package or .onnx file to write.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A TOML file with global and per-op settings; the options below override its [global] table.")
+@click.option("--sparsity", type=float, help="Fraction of weights to prune by magnitude, e.g. 0.5.")
+@click.option("--n-m", "n_m", metavar="N:M", help="Prune N of every M consecutive weights along --axis, e.g. 2:4.")
+@click.option("--block", type=int, help="Prune whole blocks of this many weights along --axis (with --sparsity, default 0.5).")
+@click.option("--threshold", type=float, help="Prune every weight with |w| <= this value.")
+@click.option("--axis", type=int, help="Axis of n:m groups (default 1) or blocks (default 0).")
+@click.option("--values", type=click.Choice(["fp16", "fp32"]), help="Store the kept values in this float type.")
+@click.option("--palettize", "nbits", type=click.Choice(["1", "2", "3", "4", "6", "8"]),
+              help="Palettize the kept values with a LUT of 2**BITS entries.")
+@click.option("--palettize-mode", type=click.Choice(["kmeans", "uniform", "unique"]), help="How the LUT is fitted.")
+@click.option("--palettize-granularity", type=click.Choice(["per_tensor", "per_grouped_channel"]),
+              help="One LUT per tensor, or one per group of output channels (--group-size).")
+@click.option("--group-size", type=int, help="Output channels per LUT with per_grouped_channel.")
+@click.option("--cluster-dim", type=int, help="Vector palettization: elements per LUT entry.")
+@click.option("--quantize", "quantize_dtype", type=click.Choice(["int8", "uint8", "int4", "uint4"]),
+              help="Linearly quantize the kept values to this integer type.")
+@click.option("--quantize-mode", type=click.Choice(["symmetric", "affine"]), help="Symmetric (no offset) or affine.")
+@click.option("--quantize-granularity", type=click.Choice(["per_tensor", "per_channel", "per_block"]),
+              help="Scale granularity.")
+@click.option("--block-size", "quantize_block_size", type=int, help="Elements per scale with per_block.")
+@click.option("--op-types", help="Comma-separated op types to compress (default linear,matmul,conv,conv_transpose).")
+@click.option("--min-elements", type=int, help="Compress only weights with more elements than this (default 2048).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the compression report as JSON.")
+def encode(source, output, config_file, sparsity, n_m, block, threshold, axis, values, nbits, palettize_mode,
+           palettize_granularity, group_size, cluster_dim, quantize_dtype, quantize_mode, quantize_granularity,
+           quantize_block_size, op_types, min_elements, overwrite, as_json) -> None:
+    """Compress the weights of SOURCE (.mlpackage or .onnx) into OUTPUT.
+
+    The const weights of linear, matmul, conv and conv_transpose ops become Core ML constexpr
+    chains for the package's deployment target (iOS16 forms for iOS16 and iOS17, iOS18 forms
+    from iOS18). A weight that cannot take the requested form is left unchanged and listed
+    with the reason.
+
+    \b
+    Examples:
+      sparseblob encode dense.mlpackage -o pruned.mlpackage --sparsity 0.5
+      sparseblob encode dense.mlpackage -o p24.mlpackage --n-m 2:4 --palettize 4 --palettize-mode uniform
+      sparseblob encode dense.mlpackage -o q.mlpackage --quantize int4 --quantize-granularity per_block --block-size 32
+      sparseblob encode model.onnx -o model-sparse.onnx --sparsity 0.5 --quantize int8
+    """
+    pattern = None
+    if n_m is not None:
+        pattern = "n_m"
+    elif block is not None:
+        pattern = "block"
+        sparsity = 0.5 if sparsity is None else sparsity
+    elif threshold is not None:
+        pattern = "threshold"
+    elif sparsity is not None:
+        pattern = "unstructured"
+    if sum(option is not None for option in (n_m, block, threshold)) > 1:
+        raise UserError("choose at most one of --n-m, --block and --threshold")
+    if nbits is not None and quantize_dtype is not None:
+        raise UserError("choose either --palettize or --quantize for the kept values, not both")
+    value_format = "palettize" if nbits is not None else "quantize" if quantize_dtype is not None else values
+
+    options = dict(
+        pattern=pattern, sparsity=sparsity, n_m=n_m, pattern_block_size=block, threshold=threshold,
+        pattern_axis=axis, values=value_format, nbits=nbits, palettize_mode=palettize_mode,
+        palettize_granularity=palettize_granularity, group_size=group_size, cluster_dim=cluster_dim,
+        quantize_dtype=quantize_dtype, quantize_mode=quantize_mode, quantize_granularity=quantize_granularity,
+        quantize_block_size=quantize_block_size, op_types=op_types, min_elements=min_elements,
+    )
+    if str(source).endswith(".onnx"):
+        _encode_onnx(source, output, options, config_file, overwrite, as_json)
+        return
+
+    from sparseblob.encoder.config import CompressionConfig
+    from sparseblob.encoder.mlpackage import compress_package
+    from sparseblob.runtime.errors import OutputExistsError
+
+    try:
+        config = CompressionConfig.from_options(config_file, **options)
+        report = compress_package(source, output, config, overwrite=overwrite)
+    except OutputExistsError as error:
+        raise UserError(f"{output} already exists; pass --overwrite to replace it") from error
+    except SparseblobError as error:
+        raise UserError(str(error)) from error
+
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    console = _stdout()
+    table = Table(title=f"{source} -> {output}", show_edge=False)
+    for column in ("weight", "chain", "shape", "dense bytes", "stored bytes"):
+        table.add_column(column, justify="right" if "bytes" in column else "left")
+    for item in report.compressed:
+        table.add_row(item.name, " > ".join(op.removeprefix("constexpr_") for op in item.chain),
+                      "x".join(map(str, item.shape)), f"{item.dense_bytes:,}", f"{item.stored_bytes:,}")
+    console.print(table)
+    for item in report.skipped:
+        console.print(f"[yellow]skipped[/] {item.name}: {item.reason}")
+    console.print(
+        f"weight.bin {report.input_weight_bytes:,} -> {report.output_weight_bytes:,} bytes; "
+        f"{len(report.compressed)} weights compressed, {len(report.skipped)} skipped"
+    )
+
+
+def _encode_onnx(source, output, options, config_file, overwrite, as_json) -> None:
+    raise UserError("ONNX input is not supported by this build; pass an .mlpackage")
+
+
+@cli.command()
 @click.argument("package", type=click.Path(exists=True, file_okay=False))
 @click.option("--device", default="a17pro-ios18-ne", show_default=True, metavar="PROFILE",
               help="Device profile name (see --list-devices) or a profile JSON file.")
