@@ -25,6 +25,7 @@ largest ``|b|``, so that elements near zero do not dominate) and ``cosine``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -205,7 +206,8 @@ def output_metrics(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]
     """Return ``max_abs``, ``max_rel`` and ``cosine`` of two arrays of the same shape, in float64.
 
     Positions where both arrays are NaN are left out. ``cosine`` is 1.0 when both arrays are all
-    zero and 0.0 when only one is. Any NaN left makes every metric NaN.
+    zero and 0.0 when only one is. Any NaN left makes every metric NaN, and an infinity makes
+    the cosine NaN.
     """
     a = np.asarray(actual, dtype=np.float64).reshape(-1)
     b = np.asarray(expected, dtype=np.float64).reshape(-1)
@@ -225,7 +227,9 @@ def output_metrics(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]
         else:
             max_rel = 0.0 if max_abs == 0 else float("inf")
         norm_a, norm_b = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if norm_a == 0 and norm_b == 0:
+    if not (math.isfinite(norm_a) and math.isfinite(norm_b)):
+        cosine = float("nan")
+    elif norm_a == 0 and norm_b == 0:
         cosine = 1.0
     elif norm_a == 0 or norm_b == 0:
         cosine = 0.0

@@ -104,7 +104,8 @@ def _reference_row(weight: DecodedWeight, reference: np.ndarray, min_weight_cosi
     metrics = {"cosine": _cosine(ours, reference), "kept_cosine": _cosine(ours[kept], reference[kept]), "kept": count}
 
     if _lossless(weight) and ours.dtype.kind == "f":
-        cast = reference.astype(ours.dtype)
+        with np.errstate(over="ignore"):
+            cast = reference.astype(ours.dtype)
         unsigned = np.dtype(f"u{ours.dtype.itemsize}")
         differ = kept & (np.ascontiguousarray(ours).view(unsigned) != np.ascontiguousarray(cast).view(unsigned))
         metrics["differing"] = int(np.count_nonzero(differ))

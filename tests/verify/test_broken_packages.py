@@ -256,18 +256,15 @@ def test_invalid_expectation_is_option_error():
         verify_package(FIXTURES / entry("ios18/prune_magnitude50")["package"], expect="two:four")
 
 
-def test_wrong_sparse_path_caught(monkeypatch):
-    import sparseblob.verify.outputs as outputs
+def test_wrong_sparse_kernel_caught(monkeypatch):
+    from sparseblob.runtime import sparse_dispatch
 
-    run = outputs.run
+    run_sparse_op = sparse_dispatch.run_sparse_op
 
-    def wrong_sparse_run(package, inputs, **options):
-        results = run(package, inputs, **options)
-        if options["weights"] == "sparse":
-            results = {name: value + np.float32(0.25) for name, value in results.items()}
-        return results
+    def wrong_sparse_op(*args, **kwargs):
+        return tuple(np.asarray(result) + np.float32(0.25) for result in run_sparse_op(*args, **kwargs))
 
-    monkeypatch.setattr(outputs, "run", wrong_sparse_run)
+    monkeypatch.setattr(sparse_dispatch, "run_sparse_op", wrong_sparse_op)
     model = FIXTURES / "models" / "mlp"
 
     report = verify_package(model / "ios18_prune50.mlpackage", inputs=model / "inputs.npz", coremltools=False)
@@ -290,9 +287,10 @@ def test_wrong_op_caught_only_by_expected_outputs(monkeypatch):
     monkeypatch.setattr(registry, "REGISTRY", MappingProxyType(patched))
     model = FIXTURES / "models" / "mlp"
 
+    # Both packages are dense, so every run computes linear with the wrong op.
     report = verify_package(
-        model / "ios18_prune50.mlpackage",
-        reference=model / "ios18_dense.mlpackage",
+        model / "ios18_dense.mlpackage",
+        reference=model / "ios16_dense.mlpackage",
         inputs=model / "inputs.npz",
         expected_outputs=model / "torch_outputs.npz",
         coremltools=False,
