@@ -69,6 +69,7 @@ from sparseblob.runtime.onnx_run import (
     default_opset,
     load_model,
     set_repeated,
+    subgraph_reads,
 )
 
 from ._validate import check_choice, check_fraction, check_int
@@ -427,18 +428,6 @@ def _operand_roles(node: onnx.NodeProto, slot: int) -> tuple[int, int] | None:
     return None
 
 
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Return every name that a node inside a subgraph (If, Loop, Scan bodies) reads."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-            for subgraph in graphs:
-                names.update(name for inner in subgraph.node for name in inner.input)
-                names.update(_subgraph_reads(subgraph))
-    return names
-
-
 def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
         return None
@@ -448,8 +437,12 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return numpy_helper.to_array(attribute.t)
 
 
-def _is_transpose_2d(node: onnx.NodeProto) -> bool:
-    return node.op_type == "Transpose" and node.domain in ("", "ai.onnx") and list(_attribute(node, "perm", [1, 0])) == [1, 0]
+def _is_transpose_2d(node: onnx.NodeProto, rank: int) -> bool:
+    """True for a ``Transpose`` that swaps the two axes of a rank-2 tensor."""
+    if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx") or rank != 2:
+        return False
+    # Without perm, Transpose reverses the axes, which for rank 2 is [1, 0].
+    return list(_attribute(node, "perm", [1, 0])) == [1, 0]
 
 
 def _find_candidates(graph: onnx.GraphProto, protected: set[str]) -> list[_Candidate]:
@@ -464,9 +457,11 @@ def _find_candidates(graph: onnx.GraphProto, protected: set[str]) -> list[_Candi
             if name:
                 readers.setdefault(name, []).append((node, slot))
     constants: dict[str, onnx.NodeProto | None] = {init.name: None for init in graph.initializer}
+    ranks = {init.name: len(init.dims) for init in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
             constants[node.output[0]] = node
+            ranks[node.output[0]] = len(node.attribute[0].t.dims) if node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR else 0
     initializers = {init.name: init for init in graph.initializer}
 
     candidates: list[_Candidate] = []
@@ -474,7 +469,7 @@ def _find_candidates(graph: onnx.GraphProto, protected: set[str]) -> list[_Candi
         uses: list[_Use] = []
         others: list[str] = []
         for node, slot in readers.get(name, []):
-            if _is_transpose_2d(node) and node.output[0] not in protected:
+            if _is_transpose_2d(node, ranks[name]) and node.output[0] not in protected:
                 inner = [(reader, _operand_roles(reader, index)) for reader, index in readers.get(node.output[0], [])]
                 if inner and all(roles is not None for _, roles in inner):
                     # The stored weight is the transpose of the operand, so the axes swap.
@@ -735,7 +730,7 @@ def _compress_graph(model: onnx.ModelProto, options: CompressOptions, report: On
             f"the model uses opset {opset}; the sparseblob function bodies need opset {MIN_OPSET} or later. "
             f"Convert it first: onnx.version_converter.convert_version(model, {MIN_OPSET})"
         )
-    protected = {output.name for output in graph.output} | _subgraph_reads(graph)
+    protected = {output.name for output in graph.output} | subgraph_reads(graph)
     names = _Names(graph)
     new_nodes: list[onnx.NodeProto] = []
     replaced: set[str] = set()

@@ -24,10 +24,10 @@ constexpr_sparse_blockwise_shift_scale   data_mask, nonzero_data, scale, offset,
 - ``nonzero_data`` of ``constexpr_sparse_to_dense`` and ``lut`` are fp16, fp32, int8 or uint8
   tensors as in Core ML. LUTs are scalar (``lut.shape[-1] == 1``): the ONNX form has no
   ``vector_axis``.
-- The shift-scale ops carry the INT attribute ``data_dtype``, the ONNX ``TensorProto`` code
-  of the Core ML element type of ``data``/``nonzero_data`` and ``offset``: INT8 or UINT8 (held
-  in ONNX int8 or uint8 tensors), or INT4 or UINT4 (packed two per byte into uint8, first
-  element in the low nibble). ``offset`` is an empty tensor where Core ML has none, because
+- The shift-scale ops carry the INT attribute ``data_dtype``. It is the ONNX ``TensorProto``
+  code of the Core ML element type of ``data``/``nonzero_data`` and ``offset``. INT8 and
+  UINT8 values are ONNX int8 and uint8 tensors. INT4 and UINT4 values are packed two per
+  byte into uint8, the first element in the low nibble. ``offset`` is an empty tensor where Core ML has none, because
   an ONNX function body cannot test whether an optional input is present.
 - A chain may end with a standard ``Cast`` to the dtype the consumers expect, and a rank-2
   weight may pass through a standard ``Transpose`` with ``perm=[1, 0]``.
@@ -58,6 +58,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -101,6 +102,7 @@ __all__ = [
     "decode_node",
     "load_model",
     "set_repeated",
+    "subgraph_reads",
 ]
 
 logger = logging.getLogger(__name__)
@@ -595,10 +597,21 @@ def find_compressed_tensors(graph: onnx.GraphProto) -> dict[str, CompressedTenso
 # Compressed weights for the kernels
 
 
-def _kernels():
-    from .kernels import formats, linear
+def _kernels() -> SimpleNamespace:
+    """Return the kernel functions, imported on first use because numba compiles on import."""
+    from .kernels.conv import conv
+    from .kernels.formats import from_lut, from_lut_to_sparse, from_shift_scale, from_sparse, from_sparse_shift_scale
+    from .kernels.linear import matmul
 
-    return formats, linear
+    return SimpleNamespace(
+        conv=conv,
+        matmul=matmul,
+        from_sparse=from_sparse,
+        from_lut=from_lut,
+        from_lut_to_sparse=from_lut_to_sparse,
+        from_shift_scale=from_shift_scale,
+        from_sparse_shift_scale=from_sparse_shift_scale,
+    )
 
 
 def _regroup_2d(param: np.ndarray, rank: int, where: str) -> np.ndarray | None:
@@ -620,7 +633,7 @@ def _weight_from_params(op_type: str, params: dict[str, np.ndarray], name: str, 
     ``as_matrix`` views a weight ``[d0, d1, ...]`` as ``[d0, d1 * ...]`` (for ConvTranspose).
     Returns None when that view cannot keep the LUT or scale groups.
     """
-    formats, _ = _kernels()
+    kernels = _kernels()
 
     def view(array: np.ndarray) -> np.ndarray:
         return array.reshape(array.shape[0], -1) if as_matrix else array
@@ -631,7 +644,7 @@ def _weight_from_params(op_type: str, params: dict[str, np.ndarray], name: str, 
         return _regroup_2d(array, rank, name)
 
     if op_type == SPARSE_TO_DENSE:
-        return formats.from_sparse(view(params["mask"]), params["nonzero_data"], name=name, pattern="auto")
+        return kernels.from_sparse(view(params["mask"]), params["nonzero_data"], name=name, pattern="auto")
     if op_type in (LUT_TO_SPARSE, LUT_TO_DENSE):
         mask_param = "indices_mask" if op_type == LUT_TO_SPARSE else None
         rank = (params[mask_param] if mask_param else params["indices"]).ndim
@@ -639,8 +652,8 @@ def _weight_from_params(op_type: str, params: dict[str, np.ndarray], name: str, 
         if lut is None:
             return None
         if op_type == LUT_TO_DENSE:
-            return formats.from_lut(view(params["indices"]), lut, name=name)
-        return formats.from_lut_to_sparse(
+            return kernels.from_lut(view(params["indices"]), lut, name=name)
+        return kernels.from_lut_to_sparse(
             view(params["indices_mask"]), params["indices_nonzero_data"], lut, name=name, pattern="auto"
         )
     mask_param = "data_mask" if op_type == SPARSE_BLOCKWISE_SHIFT_SCALE else "data"
@@ -650,8 +663,8 @@ def _weight_from_params(op_type: str, params: dict[str, np.ndarray], name: str, 
     if scale is None or (params.get("offset") is not None and offset is None):
         return None
     if op_type == BLOCKWISE_SHIFT_SCALE:
-        return formats.from_shift_scale(view(params["data"]), scale, offset, name=name)
-    return formats.from_sparse_shift_scale(
+        return kernels.from_shift_scale(view(params["data"]), scale, offset, name=name)
+    return kernels.from_sparse_shift_scale(
         view(params["data_mask"]), params["nonzero_data"], scale, offset, name=name, pattern="auto"
     )
 
@@ -732,15 +745,14 @@ def conv_compressed(x: np.ndarray, weight, bias: np.ndarray | None, attrs: Mappi
         x: ``tensor<T, [N, Cin, *D]>``; weight ``[Cout, Cin/group, *K]``; bias ``[Cout]`` ->
         ``tensor<T, [N, Cout, *D_out]>``.
     """
-    from .kernels import conv
-
+    kernels = _kernels()
     spatial = x.ndim - 2
     kernel = tuple(weight.shape[2:])
     strides = _spatial_ints(attrs, "strides", spatial, 1)
     dilations = _spatial_ints(attrs, "dilations", spatial, 1)
     extents = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations))
     pads = _conv_pads(attrs, x.shape[2:], extents, strides)
-    y = conv.conv(
+    y = kernels.conv(
         x, weight, bias, strides=strides, dilations=dilations, pads=pads, groups=int(attrs.get("group", 1)), strategy=strategy
     )
     return y.astype(x.dtype, copy=False)
@@ -855,12 +867,12 @@ def conv_transpose_compressed(
     """ONNX ``ConvTranspose`` with ``group=1`` on a compressed weight, through the sparse kernels.
 
     ``weight`` is the compressed weight viewed as ``[Cin, Cout * prod(K)]``; the product
-    ``x [N * prod(D), Cin] @ weight`` runs on ``runtime.kernels.linear.matmul``.
+    ``x [N * prod(D), Cin] @ weight`` runs on ``runtime.kernels.matmul``.
 
     Shapes:
         as :func:`conv_transpose`.
     """
-    _, linear = _kernels()
+    kernels = _kernels()
     spatial = x.ndim - 2
     batch, channels = x.shape[:2]
     taps = math.prod(kernel)
@@ -869,7 +881,7 @@ def conv_transpose_compressed(
     sizes = x.shape[2:]
     strides, dilations, pads, out_sizes = conv_transpose_geometry(sizes, kernel, attrs)
     rows = np.moveaxis(x, 1, -1).reshape(-1, channels).astype(np.float32)
-    products = linear.matmul(rows, weight, strategy=strategy).reshape(batch, *sizes, weight.columns // taps, *kernel)
+    products = kernels.matmul(rows, weight, strategy=strategy).reshape(batch, *sizes, weight.columns // taps, *kernel)
     y = _col2im(np.moveaxis(products, 1 + spatial, 1), sizes, strides, dilations, pads, out_sizes)
     return _add_bias(y, bias, x.dtype)
 
@@ -921,25 +933,25 @@ def _optional(inputs: Sequence, index: int):
 
 
 def _matmul(inputs, slot: int, entry: _KernelWeight, strategy: str | None) -> np.ndarray:
-    _, linear = _kernels()
+    kernels = _kernels()
     other = inputs[1 - slot]
     if slot == 1:
-        y = linear.matmul(other, entry.weight, transpose_y=entry.transposed, strategy=strategy)
+        y = kernels.matmul(other, entry.weight, transpose_y=entry.transposed, strategy=strategy)
     else:
-        y = linear.matmul(entry.weight, other, transpose_x=entry.transposed, strategy=strategy)
+        y = kernels.matmul(entry.weight, other, transpose_x=entry.transposed, strategy=strategy)
     return y.astype(other.dtype, copy=False)
 
 
 def _gemm(inputs, slot: int, entry: _KernelWeight, attrs: Mapping[str, object], strategy: str | None) -> np.ndarray:
-    _, linear = _kernels()
+    kernels = _kernels()
     other = inputs[1 - slot]
     trans_a, trans_b = bool(attrs.get("transA", 0)), bool(attrs.get("transB", 0))
     if slot == 1:
         a = other.T if trans_a else other
-        y = linear.matmul(a, entry.weight, transpose_y=trans_b != entry.transposed, strategy=strategy)
+        y = kernels.matmul(a, entry.weight, transpose_y=trans_b != entry.transposed, strategy=strategy)
     else:
         b = other.T if trans_b else other
-        y = linear.matmul(entry.weight, b, transpose_x=trans_a != entry.transposed, strategy=strategy)
+        y = kernels.matmul(entry.weight, b, transpose_x=trans_a != entry.transposed, strategy=strategy)
     alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
     if alpha != 1.0:
         y = y * np.float32(alpha)
@@ -970,15 +982,22 @@ def _weight_slot(node: onnx.NodeProto, weights: Mapping[str, tuple[CompressedTen
     return None
 
 
-def _transposed_views(graph: onnx.GraphProto, tensors: Mapping[str, CompressedTensor]) -> dict[str, tuple[CompressedTensor, bool, onnx.NodeProto | None]]:
-    """Map each name that reads a compressed weight directly, or through ``Transpose(perm=[1, 0])``."""
+def _transposed_views(
+    graph: onnx.GraphProto, tensors: Mapping[str, CompressedTensor]
+) -> dict[str, tuple[CompressedTensor, bool, onnx.NodeProto | None]]:
+    """Map each name that reads a compressed weight directly, or through a rank-2 ``Transpose``."""
     views: dict[str, tuple[CompressedTensor, bool, onnx.NodeProto | None]] = {
         name: (tensor, False, None) for name, tensor in tensors.items()
     }
+    shapes = {init.name: len(init.dims) and int(init.dims[0]) for init in graph.initializer}
     for node in graph.node:
-        if node.op_type == "Transpose" and node.domain in ("", "ai.onnx") and node.input and node.input[0] in tensors:
-            if list(_attribute(node, "perm", [1, 0])) == [1, 0]:
-                views[node.output[0]] = (tensors[node.input[0]], True, node)
+        if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx") or not node.input or node.input[0] not in tensors:
+            continue
+        tensor = tensors[node.input[0]]
+        rank = shapes.get(tensor.final.input[-1])
+        # Without perm, Transpose reverses the axes, which for rank 2 is [1, 0].
+        if rank == 2 and list(_attribute(node, "perm", [1, 0])) == [1, 0]:
+            views[node.output[0]] = (tensor, True, node)
     return views
 
 
@@ -987,6 +1006,8 @@ def _kernel_entry(node, tensor, transposed, values, max_elements) -> _KernelWeig
     last = tensor.nodes[-1]
     if last.op_type == "Cast" and int(_attribute(last, "to", 0)) != TensorProto.FLOAT:
         # The kernels compute in fp32; a Cast to another dtype would round the weight first.
+        return None
+    if transposed and node.op_type in ("Conv", "ConvTranspose"):
         return None
     op_type, params = _chain_params(tensor, values, max_elements)
     shape = _params_shape(params)
@@ -1048,9 +1069,21 @@ def _rewrite_for_kernels(model: onnx.ModelProto, strategy: str | None, max_eleme
     return rewritten, registry
 
 
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Return every name that a node inside a subgraph (If, Loop, Scan bodies) reads."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+            for subgraph in graphs:
+                names.update(name for inner in subgraph.node for name in inner.input)
+                names.update(subgraph_reads(subgraph))
+    return names
+
+
 def _drop_unread(nodes: list[onnx.NodeProto], graph: onnx.GraphProto, views) -> None:
     """Remove chain nodes (sparseblob ops, their Cast and Transpose) whose outputs nothing reads."""
-    outputs = {output.name for output in graph.output}
+    outputs = {output.name for output in graph.output} | subgraph_reads(graph)
     while True:
         read = {name for node in nodes for name in node.input} | outputs
         dead = [
@@ -1095,7 +1128,7 @@ class OnnxRunner:
         model: a path to an ``.onnx`` file (external data is loaded too) or a ``ModelProto``.
         weights: ``"sparse"`` multiplies compressed weights with the sparse kernels;
             ``"dense"`` decodes them and runs the standard operators.
-        strategy: kernel strategy passed to ``runtime.kernels.linear`` (``"sparse"``,
+        strategy: kernel strategy passed to ``runtime.kernels.matmul`` and ``conv`` (``"sparse"``,
             ``"tiled"``, ``"dense"``), or None to let the kernels choose.
         max_elements: largest element count that a decoder may allocate for one tensor.
 

@@ -189,6 +189,21 @@ def test_bodies_hold_at_later_opsets(op_type, case, opset):
     _check_everywhere(op_type, inputs, attributes, opset)
 
 
+@pytest.mark.parametrize("mode, dtype", [("symmetric", "int8"), ("affine", "int8"), ("symmetric", "uint8")])
+def test_zero_and_tiny_channels_decode_finite(mode, dtype):
+    weight = np.random.default_rng(3).standard_normal((4, 8)).astype(np.float16)
+    weight[0] = 0
+    weight[1] = np.float16(1e-6) * np.sign(weight[1])
+    params = encoder.quantize_weight(weight, dtype, mode=mode, granularity="per_channel")
+    inputs = [params.data, params.scale, _offset(params.offset, dtype), np.array(weight.shape, np.int64)]
+    _check_everywhere(onnx_run.BLOCKWISE_SHIFT_SCALE, inputs, {"data_dtype": CODES[dtype]}, 15)
+    (decoded,) = onnx_run.decode_node(onnx_run.BLOCKWISE_SHIFT_SCALE, inputs, {"data_dtype": CODES[dtype]})
+    assert np.isfinite(decoded).all()
+    assert not decoded[0].any()
+    step = params.scale[1, 0].astype(np.float32)
+    assert np.abs(decoded[1].astype(np.float32) - weight[1].astype(np.float32)).max() <= step / 2
+
+
 def test_function_imports_the_model_opset():
     function = make_function(onnx_run.SPARSE_TO_DENSE, 17)
     assert [(entry.domain, entry.version) for entry in function.opset_import] == [("", 17)]

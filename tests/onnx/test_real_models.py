@@ -14,7 +14,7 @@ import itertools
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from sparseblob.encoder.onnx_compress import compress_onnx  # noqa: E402
@@ -114,6 +114,12 @@ def test_inspect_matches_compress_report(model, compressed_files):
         assert found.stored_bytes == weight.stored_bytes
         assert found.density == pytest.approx(weight.density)
         assert found.value_format == "lut4<fp32>"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_compressed_file_passes_checker(model, compressed_files):
+    out, _ = compressed_files(model, "block4", "int8")
+    onnx.checker.check_model(out, full_check=True)
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -16,6 +16,7 @@ from sparseblob.encoder.onnx_compress import compress_model, compress_onnx  # no
 from sparseblob.runtime import onnx_run  # noqa: E402
 from sparseblob.runtime.bitpack import pack_bits  # noqa: E402
 from sparseblob.runtime.errors import (  # noqa: E402
+    MaskError,
     OpParameterError,
     PackageError,
     PaddingError,
@@ -192,6 +193,40 @@ def test_shared_weight_read_by_two_nodes():
     assert_close(runner.run(inputs)["y"], onnxruntime_run(compressed, inputs)["y"], name="y")
 
 
+def test_reversed_conv_weight_keeps_standard_node():
+    # A chain decodes w [3, 3, 8, 16]; Transpose without perm reverses it to a conv weight.
+    stored = _models.weight((3, 3, 8, 16))
+    source = _models.make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], [("x", [1, 3, 9, 17])], [("y", None)], [("w", stored)]
+    )
+    compressed, _ = compress_model(source, sparsity=0.5, values="fp32", min_elements=0)
+    chain = [node for node in compressed.graph.node if node.domain == onnx_run.DOMAIN]
+    nodes = chain + [
+        helper.make_node("Transpose", ["w"], ["wt"], name="reverse"),
+        helper.make_node("Conv", ["x", "wt"], ["y"], name="conv"),
+    ]
+    model = _models.make_model(nodes, [("x", [1, 8, 6, 6])], [("y", None)])
+    model.graph.initializer.extend(compressed.graph.initializer)
+    model.functions.extend(compressed.functions)
+    model.opset_import.append(helper.make_opsetid(onnx_run.DOMAIN, 1))
+    inputs = _models.x_for(model)
+    runner = OnnxRunner(model, weights="sparse")
+    assert runner.kernel_nodes == 0
+    assert_close(runner.run(inputs)["y"], onnxruntime_run(model, inputs)["y"], name="y")
+
+
+def test_reversed_weight_is_not_compressed():
+    stored = _models.weight((3, 3, 8, 16))
+    nodes = [
+        helper.make_node("Transpose", ["w"], ["wt"], name="reverse"),
+        helper.make_node("Conv", ["x", "wt"], ["y"], name="conv"),
+    ]
+    model = _models.make_model(nodes, [("x", [1, 8, 6, 6])], [("y", None)], [("w", stored)])
+    _, report = compress_model(model, sparsity=0.5, min_elements=0)
+    assert report.weights == []
+    assert report.skipped == []
+
+
 def test_decoded_weight_equals_kernel_weight():
     model = _models.conv_model()
     compressed, _ = compress_model(model, n_m="2:4", values="palettize", min_elements=0)
@@ -304,6 +339,31 @@ def test_unknown_data_dtype_is_rejected():
     next(a for a in node.attribute if a.name == "data_dtype").i = TensorProto.INT16
     with pytest.raises(UnknownDtypeError, match="data_dtype is 5"):
         run_onnx(compressed, _models.x_for(_models.conv_model()), weights="dense")
+
+
+def test_value_count_must_match_mask_popcount():
+    compressed, _ = compress_model(_models.conv_model(), sparsity=0.5, values="fp32", min_elements=0)
+    init = next(i for i in compressed.graph.initializer if i.name == "w.sparseblob.nonzero_data")
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:-1], init.name))
+    with pytest.raises(MaskError, match="nonzero_data"):
+        densify_onnx(compressed)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        (np.array([[4], [8]], np.int64), "expected a non-empty tensor<int64, \\[K\\]>"),
+        (np.zeros(0, np.int64), "expected a non-empty tensor<int64, \\[K\\]>"),
+        (np.array([4, 8], np.int32), "expected a non-empty tensor<int64, \\[K\\]>"),
+        (np.array([0], np.int64), "mask has 4 bytes; 0 elements of 1 bits need 0"),
+        (np.array([4, 9], np.int64), "mask has 4 bytes; 36 elements of 1 bits need 5"),
+    ],
+)
+def test_shape_is_checked_against_mask(shape, message):
+    values = np.arange(1, 17, dtype=np.float32)
+    mask = pack_bits(np.tile([1, 0], 16).astype(np.uint8), 1)
+    with pytest.raises(ShapeError, match=message):
+        onnx_run.decode_node(onnx_run.SPARSE_TO_DENSE, [values, mask, shape])
 
 
 def test_vector_lut_is_rejected():
