@@ -29,7 +29,8 @@ Strategies:
 - :func:`packages`: a small dense ``.mlpackage`` and a copy compressed by sparseblob's
   encoder, as a :class:`GeneratedPackage`.
 
-Arguments are keyword-only. Bounds come in ``min_``/``max_`` pairs. Invalid arguments raise
+The module needs Hypothesis, which sparseblob's ``test`` extra installs. Arguments are
+keyword-only. Bounds come in ``min_``/``max_`` pairs. Invalid arguments raise
 ``hypothesis.errors.InvalidArgument`` when the strategy is built. Bulk values are drawn with
 numpy from a seed that Hypothesis draws, so a failing example reproduces, and shrinking
 reduces the shape and the seed rather than single elements.

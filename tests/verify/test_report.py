@@ -131,3 +131,21 @@ def test_table_escapes_markup():
 
 def test_every_check_kind_documented():
     assert all(description for description in CHECKS.values())
+
+
+def test_real_report_round_trips(tmp_path):
+    from sparseblob.verify.verify import verify_package
+
+    from ._packages import FIXTURES
+
+    report = verify_package(FIXTURES / "formats/ios18/joint_prune50_uint4_linear_block8.mlpackage", expect="2:4")
+    path = tmp_path / "report.xml"
+
+    data = json.loads(json.dumps(to_json(report), allow_nan=False))
+    write_junit(report, path)
+    cases = ET.parse(path).getroot().findall("testsuite/testcase")
+
+    assert data["status"] == "fail"
+    assert data["counts"]["warn"] == 1
+    assert len(data["checks"]) == len(report.checks) == len(cases)
+    assert {case.get("classname") for case in cases if case.find("failure") is not None} == {"sparseblob.verify.pattern"}
