@@ -22,7 +22,7 @@ from .errors import PackageError, ShapeError, UnknownDtypeError
 from .package import Function, Operation
 from .values import TensorType, ValueType
 
-__all__ = ["evaluate_constexpr", "constexpr_params", "weight_names", "check_output"]
+__all__ = ["evaluate_constexpr", "constexpr_params", "constexpr_param_dtypes", "weight_names", "check_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def evaluate_constexpr(function: Function, *, max_elements: int) -> dict[str, np
     from .decode.registry import decode_op
 
     constants: dict[str, object] = {}
+    declared: dict[str, ValueType] = {}
     results: dict[str, np.ndarray] = {}
     for op in function.operations:
         if op.type == "const":
@@ -56,21 +57,30 @@ def evaluate_constexpr(function: Function, *, max_elements: int) -> dict[str, np
                     f"attributes {sorted(op.attributes)} and {len(op.outputs)} outputs"
                 )
             constants[op.outputs[0].name] = op.attributes["val"].read()
+            declared[op.outputs[0].name] = op.outputs[0].type
             continue
         if not op.is_constexpr:
             continue
 
         params = constexpr_params(op, constants)
-        outputs = decode_op(op.type, function.opset, params, name=op.name, max_elements=max_elements)
+        outputs = decode_op(
+            op.type,
+            function.opset,
+            params,
+            name=op.name,
+            max_elements=max_elements,
+            dtypes=constexpr_param_dtypes(op, declared),
+        )
         if len(outputs) != len(op.outputs):
             raise PackageError(
                 f"op {op.name!r} ({op.type}): decoding gave {len(outputs)} outputs; the op declares "
                 f"{len(op.outputs)}"
             )
-        for declared, array in zip(op.outputs, outputs):
-            check_output(op, declared.name, declared.type, array)
-            constants[declared.name] = array
-            results[declared.name] = array
+        for output, array in zip(op.outputs, outputs):
+            check_output(op, output.name, output.type, array)
+            constants[output.name] = array
+            declared[output.name] = output.type
+            results[output.name] = array
         logger.debug("evaluated %s %r: %s", op.type, op.name, [out.name for out in op.outputs])
     return results
 
@@ -111,6 +121,28 @@ def constexpr_params(op: Operation, constants: dict[str, object]) -> dict[str, o
                 "earlier const or constexpr op"
             )
     return params
+
+
+def constexpr_param_dtypes(op: Operation, declared: dict[str, ValueType]) -> dict[str, str]:
+    """Return the logical MIL dtype name of each tensor parameter of a constexpr op.
+
+    The unpacked containers cannot tell uint4 indices from uint8 ones or int4 data from int8,
+    so the decoders take the declared dtypes to check LUT sizes and offset types.
+
+    Args:
+        op: the ``constexpr_*`` op.
+        declared: declared types of earlier ``const`` and ``constexpr_*`` outputs by name.
+    """
+    types: dict[str, ValueType] = {key: value.type for key, value in op.attributes.items()}
+    for key, argument in op.inputs.items():
+        if len(argument.bindings) != 1:
+            continue
+        binding = argument.bindings[0]
+        if binding.value is not None:
+            types[key] = binding.value.type
+        elif binding.name in declared:
+            types[key] = declared[binding.name]
+    return {key: value.dtype.name for key, value in types.items() if isinstance(value, TensorType)}
 
 
 def weight_names(function: Function) -> list[str]:

@@ -116,8 +116,10 @@ class StubRegistry:
         self.outputs = outputs
         self.calls = []
 
-    def decode_op(self, op_type, opset, params, *, name, max_elements):
-        self.calls.append({"op_type": op_type, "opset": opset, "params": params, "name": name})
+    def decode_op(self, op_type, opset, params, *, name, max_elements, dtypes=None):
+        self.calls.append(
+            {"op_type": op_type, "opset": opset, "params": params, "name": name, "dtypes": dtypes}
+        )
         return self.outputs(op_type, name, params)
 
 
@@ -178,6 +180,18 @@ def test_ios18_params_resolve_named_bindings(packages, stub_registry):
     assert sorted(lut_call["params"]) == ["indices_mask", "indices_nonzero_data", "lut"]
     assert dense_call["params"]["mask"] is marker[lut_call["name"]][0]
     assert dense_call["params"]["nonzero_data"] is marker[lut_call["name"]][1]
+
+
+def test_declared_dtypes_reach_the_decoder(packages, stub_registry):
+    package = load(packages("ios18_prune_palettize"))
+    stub = stub_registry(declared_zeros(package))
+
+    package.weights()
+
+    lut_call, dense_call = stub.calls[:2]
+    assert lut_call["dtypes"]["indices_mask"] == "uint1"
+    assert lut_call["dtypes"]["lut"] == "fp16"
+    assert dense_call["dtypes"]["mask"] == "uint1"
 
 
 def test_weights_are_outputs_with_non_constexpr_consumers(packages, stub_registry):
