@@ -54,7 +54,7 @@ class ElementType:
     @property
     def is_sub_byte(self) -> bool:
         """True for types narrower than 8 bits, which are bit-packed on disk."""
-        return self.bits < 8
+        return 0 < self.bits < 8
 
     @property
     def min_value(self) -> int:

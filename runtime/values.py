@@ -66,7 +66,7 @@ __all__ = [
 
 # MILSpec.DataType STRING (2). The shared dtype table lists only numeric types, because strings
 # are never weights. This entry gives string tensors a declared type like any other.
-# NOTE: ``bits`` is 0, so ``is_sub_byte`` is True for it; check ``dtype is STRING`` first.
+# Its ``bits`` is 0: a string has no fixed width, and ``is_sub_byte`` is False for it.
 STRING = ElementType("string", 0, np.dtype(np.str_), 2, None)
 
 _PROTO_STRING = 2

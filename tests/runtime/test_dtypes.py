@@ -179,3 +179,9 @@ def test_uint4_codes_differ_between_schemes():
     assert by_proto_code(11).name == "fp32"
     with pytest.raises(UnknownDtypeError):
         by_blob_code(35)
+
+
+def test_string_type_is_not_sub_byte():
+    from sparseblob.runtime.values import STRING
+
+    assert not STRING.is_sub_byte
