@@ -8,7 +8,7 @@ dense time is the faster of ``np.matmul(x, W.T)`` and ``np.matmul(W, x.T)`` on t
 weight, and the sparse times are the
 streaming kernel (``strategy="sparse"``) and decoded tiles with BLAS (``strategy="tiled"``).
 The three are run interleaved, and the best of ``--repeat`` runs is kept. The ratio column is
-the faster sparse strategy over dense; the targets are at most 0.6 at 50 % sparsity and 0.3 at
+the faster sparse strategy over dense. The targets are at most 0.6 at 50 % sparsity and 0.3 at
 90 % for one token, and at most 1.2 at 50 % for 64 tokens.
 
 Convolutions are the ResNet-50 conv2_x layers at 56x56 with one image: 1x1 64->64, 3x3 64->64
@@ -165,8 +165,8 @@ def time_linear(weight, batch: int, repeat: int, rng) -> Timing:
         "dense transposed": lambda: np.matmul(dense, x.T),
         "tiled": lambda: linear(x, weight, strategy="tiled"),
     }
-    # The streaming kernel reads the weight once per group of 4 tokens; at 64 tokens it is
-    # never the faster one, so it is skipped there to keep the run short.
+    # The streaming kernel reads the weight once per group of 4 tokens. At 64 tokens it is
+    # never the faster one, so the run skips it there.
     if batch <= 8 and sparse_supported(weight):
         functions["sparse"] = lambda: linear(x, weight, strategy="sparse")
     best = best_of(functions, repeat)

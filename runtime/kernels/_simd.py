@@ -3,12 +3,12 @@
 numba has no SIMD vector type, and LLVM does not turn a scalar loop over a bitmask into the
 AVX-512 ``vexpandps`` instruction that unstructured sparsity needs. This module adds a numba
 type :data:`f32x16` whose LLVM representation is ``<16 x float>``, so a vector accumulator
-stays in a register across loop iterations, plus intrinsics that emit the few vector
-instructions the kernels use: loads with fp16 or integer conversion, mask expansion, table
-permutation, fused multiply-add and horizontal sum.
+stays in a register across loop iterations. Its intrinsics emit the few vector instructions
+the kernels use: loads with fp16 or integer conversion, mask expansion, table permutation,
+fused multiply-add and horizontal sum.
 
 The vector intrinsics use x86 AVX-512 LLVM intrinsics (``llvm.x86.avx512.*``), so they compile
-only on a host with AVX-512F. :data:`AVAILABLE` says whether they can be used; callers must
+only on a host with AVX-512F. :data:`AVAILABLE` tells whether they can be used. Callers must
 check it and use the portable kernels otherwise. The scalar intrinsics at the end of the module
 (:func:`popcount`, :func:`trailing_zeros`, :func:`half_to_float`, :func:`round_to_half`) emit
 target-independent LLVM IR and compile everywhere. Loads read 16 consecutive elements and do not check

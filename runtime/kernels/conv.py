@@ -8,7 +8,7 @@ Three paths:
 - **1x1 kernels**: the input, padded and subsampled by the stride, is already the token matrix
   ``[N * prod(D_out), Cin_g]``; one :func:`.linear.apply_weight` call per group.
 - **depthwise** (``Cin_g == 1``): a direct loop over the kernel taps, each adding a scaled and
-  shifted input plane; taps whose weights are all zero are skipped. The weight is tiny, so it
+  shifted input plane. Taps whose weights are all zero are skipped. The weight is tiny, so it
   is decoded once.
 - **everything else**: im2col per group in the kernel column order ``(*K, Cin_g)``, then
   :func:`.linear.apply_weight`.

@@ -1,6 +1,6 @@
 """Compressed weights in the layouts that the sparse kernels read.
 
-A :class:`CompressedWeight` holds one Core ML weight ``tensor<T, [Cout, *rest]>`` as a mask
+A :class:`CompressedWeight` stores one Core ML weight ``tensor<T, [Cout, *rest]>`` as a mask
 plus its nonzero values, without ever building the dense matrix. Build one from the Core ML
 parameters with :func:`from_sparse`, :func:`from_lut_to_sparse`,
 :func:`from_sparse_shift_scale` (the iOS18 constexpr ops), :func:`from_sparse_ios16`, or from a
@@ -77,6 +77,10 @@ __all__ = [
     "from_shift_scale",
     "with_pattern",
     "restructure",
+    "transposed",
+    "row_slice",
+    "decode_elements",
+    "CONSTRUCTION_ERRORS",
 ]
 
 FLOAT16 = 0
@@ -113,7 +117,7 @@ def _round_up(value: int, multiple: int) -> int:
 class Payload:
     """Stored nonzero values and the tables needed to decode them.
 
-    The element arrays list one entry per stored value, in the order of the layout that holds
+    The element arrays list one entry per stored value, in the order of the layout that stores
     them, and end with :data:`LANES` spare entries. Only the array of the active ``mode`` is
     non-empty; the others have length :data:`LANES` so kernels can take every argument.
 
@@ -578,7 +582,7 @@ class ColumnBlockWeight(CompressedWeight):
         row_start: ``tensor<int64, [rows + 1]>``; row r keeps
             ``block_columns[row_start[r]:row_start[r + 1]]``.
         Value ``payload[b * j + i]`` is column ``block_columns[j] + i``. A block that runs past
-        the last column holds filler values there.
+        the last column stores filler values there.
     """
 
     layout = "column blocks"
@@ -670,7 +674,7 @@ def _build_column_blocks(common: dict, kernel_mask: np.ndarray, payload: Payload
     np.cumsum(kept.sum(axis=1, dtype=np.int64), out=row_start[1:])
     block_columns = block_index.astype(np.int64) * block
 
-    # Values of a row are consecutive in the payload; a kept block holds min(b, columns - start)
+    # Values of a row are consecutive in the payload. A kept block has min(b, columns - start)
     # of them, so the first value of block j is the running sum of the earlier blocks' sizes.
     sizes = np.minimum(block, columns - block_columns)
     first_value = np.cumsum(sizes) - sizes
@@ -799,7 +803,7 @@ def from_sparse(mask, nonzero_data, *, name: str = "weight", pattern: Pattern | 
             to use :func:`detect_pattern`, or None for the unstructured layout.
 
     Raises:
-        MaskError: the mask holds a value other than 0 and 1, or its popcount differs from the
+        MaskError: the mask contains a value other than 0 and 1, or its popcount differs from the
             number of values.
         ShapeError: a rank or dtype is wrong.
         PatternError: the mask does not have the declared pattern.
@@ -932,7 +936,7 @@ def from_lut_to_sparse(
 
     Raises:
         ParameterShapeError: the LUT shape does not fit the weight, or an index is out of range.
-        NonFiniteError: the LUT holds NaN or infinity.
+        NonFiniteError: the LUT contains NaN or infinity.
         MaskError, ShapeError, PatternError: as in :func:`from_sparse`.
     """
     mask = _check_mask(indices_mask, name, "indices_mask")

@@ -3,10 +3,11 @@
 Three strategies compute ``y = x W^T`` for the kernel view ``W [rows, columns]`` of a
 :class:`.formats.CompressedWeight` and ``x [tokens, columns]``:
 
-- ``"sparse"``: streaming kernels that read the mask and the stored values once per token and
-  decode them on the fly (AVX-512 hosts only; elsewhere this strategy runs as ``"tiled"``);
+- ``"sparse"``: streaming kernels that read the mask and the stored values once per token (or
+  per 4 tokens) and decode them on the fly. They need AVX-512; elsewhere this strategy runs
+  as ``"tiled"``.
 - ``"tiled"``: decode tiles of about 4 MiB of rows to fp32 and multiply each with BLAS, so the
-  dense weight is never held in full;
+  dense weight is never held in full.
 - ``"dense"``: decode the whole weight once (cached on the weight) and multiply with BLAS. This
   is the reference path.
 
@@ -48,6 +49,9 @@ STRATEGIES = ("sparse", "tiled", "dense")
 # indices instead of expanding the mask 16 columns at a time. Measured crossover on an AMD EPYC
 # (Zen 4) core: 0.3 for 4-bit LUT values, 0.38 for fp16 (bench/bench_kernels.py, 1024x2048).
 INDEXED_DENSITY = 0.3
+
+# Up to this many tokens the BLAS calls multiply weight @ x^T, above it x @ weight^T.
+ROW_MAJOR_TOKENS = 64
 
 # Rows per tile are chosen so that one decoded tile takes about this many bytes, which keeps
 # it in the last-level cache while BLAS reads it.
@@ -95,9 +99,10 @@ def _row_block_lanes(weight: RowBlockWeight) -> tuple[np.ndarray, np.ndarray, np
 
 
 def _kernel_args(weight: CompressedWeight) -> _KernelArgs:
-    cached = weight.__dict__.get("_kernel_args")
-    if cached is not None:
-        return cached
+    # Keyed by the AVX-512 switch, which tests turn off to run the portable kernels.
+    cache = weight.__dict__.setdefault("_kernel_args", {})
+    if _simd.AVAILABLE in cache:
+        return cache[_simd.AVAILABLE]
     grouped = weight.payload.grouped
     groups = weight.groups
     empty_int = np.zeros(LANES, np.int32)
@@ -128,7 +133,7 @@ def _kernel_args(weight: CompressedWeight) -> _KernelArgs:
         lane_scale=lane_scale,
         lane_offset=lane_offset,
     )
-    weight.__dict__["_kernel_args"] = args
+    cache[_simd.AVAILABLE] = args
     return args
 
 
@@ -239,28 +244,39 @@ def tile_rows(weight: CompressedWeight) -> int:
 
 def _tiled(weight: CompressedWeight, args: _KernelArgs, x2: np.ndarray) -> np.ndarray:
     tokens = x2.shape[0]
-    columns_padded = weight.columns_padded
-    xk = np.zeros((columns_padded, tokens), dtype=np.float32)
-    xk[: weight.columns] = x2.T
+    columns = weight.columns
     step = tile_rows(weight)
     block = weight.block if isinstance(weight, RowBlockWeight) else 1
     padded_rows = -(-weight.rows // block) * block
-    out = np.empty((padded_rows, tokens), dtype=np.float32)
-    tile = np.empty((min(step, padded_rows), columns_padded + LANES), dtype=np.float32)
+    tile = np.empty((min(step, padded_rows), weight.columns_padded + LANES), dtype=np.float32)
+
+    # Few tokens: tile @ x^T, the faster order for OpenBLAS there (see _dense). Many tokens
+    # (convolutions): x @ tile^T, which needs no transposed copy of the large input.
+    if tokens <= ROW_MAJOR_TOKENS:
+        x_columns = np.ascontiguousarray(x2.T)
+        out = np.empty((padded_rows, tokens), dtype=np.float32)
+        for first in range(0, padded_rows, step):
+            n = min(step, padded_rows - first)
+            _decode_tile(weight, args, first, tile[:n])
+            np.matmul(tile[:n, :columns], x_columns, out=out[first : first + n])
+        return out[: weight.rows].T
+    out = np.empty((tokens, padded_rows), dtype=np.float32)
     for first in range(0, padded_rows, step):
         n = min(step, padded_rows - first)
         _decode_tile(weight, args, first, tile[:n])
-        np.matmul(tile[:n, :columns_padded], xk, out=out[first : first + n])
-    return out[: weight.rows].T
+        np.matmul(x2, tile[:n, :columns].T, out=out[:, first : first + n])
+    return out[:, : weight.rows]
 
 
 def _dense(weight: CompressedWeight, x2: np.ndarray, compute_dtype) -> np.ndarray:
     matrix = weight.dense_matrix()
     if compute_dtype == np.float64:
         return x2.astype(np.float64) @ matrix.astype(np.float64).T
-    # OpenBLAS 0.3.31 runs W @ x^T faster than x @ W^T for a few to a few dozen tokens
-    # (measured for 4096-row weights); the two give the same products.
-    return (matrix @ x2.T).T
+    # OpenBLAS 0.3.31 runs W @ x^T faster than x @ W^T for 8 to 64 tokens, measured on
+    # 4096-row weights. Both orders compute the same products.
+    if x2.shape[0] <= ROW_MAJOR_TOKENS:
+        return (matrix @ x2.T).T
+    return x2 @ matrix.T
 
 
 def apply_weight(x2: np.ndarray, weight: CompressedWeight, *, strategy: str | None = None, compute_dtype=np.float32) -> np.ndarray:

@@ -13,8 +13,8 @@ Both patterns follow ``coremltools.optimize.coreml.OpMagnitudePrunerConfig``:
 A checker never repairs a mask: it raises :class:`PatternError` naming the first run (in C
 order of the run's start index) that breaks the pattern.
 
-Example: the mask row ``[1, 1, 0, 0, 0, 1, 1, 0]`` holds ``NM(2, 4, axis=1)``, and the row
-``[1, 1, 1, 0]`` does not (3 nonzeros in a 2:4 group).
+Example: the mask row ``[1, 1, 0, 0, 0, 1, 1, 0]`` has the pattern ``NM(2, 4, axis=1)``, and
+the row ``[1, 1, 1, 0]`` does not, because its 2:4 group has 3 nonzeros.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _runs(mask: np.ndarray, axis: int, length: int, name: str) -> tuple[np.ndarr
 
     Returns:
         ``(counts, sizes)``: ``tensor<int64, [*other_dims, n_runs]>`` with the axis moved last,
-        and ``tensor<int64, [n_runs]>`` holding each run's real length.
+        and ``tensor<int64, [n_runs]>`` with each run's real length.
     """
     if not -mask.ndim <= axis < mask.ndim:
         raise ShapeError(f"{name}: pattern axis {axis} is out of range for a mask of rank {mask.ndim}")
@@ -153,7 +153,7 @@ def detect_pattern(
     """Return the most useful structured pattern that ``mask`` has, or None.
 
     Blocks come first, largest size first, because the block kernels skip whole blocks. n:m
-    patterns come next; a ratio that holds only because the mask is all zeros is still reported.
+    patterns come next; a ratio that a mask of all zeros satisfies is still reported.
     Masks of rank below 2 have no pattern.
 
     Args:

@@ -28,7 +28,7 @@ def _reference(x: np.ndarray, dense: np.ndarray) -> np.ndarray:
 def _assert_outputs_close(actual: np.ndarray, expected: np.ndarray, dense: np.ndarray, name: str = "output") -> None:
     """Compare with the fp32 tolerance after scaling weights of large magnitude down to 1.
 
-    The fp32 tolerance assumes unit-sized terms; int8 values up to 128 make the rounding error
+    The fp32 tolerance assumes unit-sized terms. int8 values up to 128 make the rounding error
     of a cancelling sum 128 times larger, so both sides are divided by the largest weight.
     """
     __tracebackhide__ = True
@@ -152,12 +152,23 @@ def test_linear_fp64_reference():
     assert_close(y, x @ built.reference.astype(np.float64).T)
 
 
-@pytest.mark.parametrize("tokens", [1, 2, 8, 64])
+@pytest.mark.parametrize("tokens", [1, 2, 8, 64, 150])
 def test_default_strategy_matches_dense(tokens):
     rng = np.random.default_rng(17)
     built = make_weight(rng, (24, 40), 0.5, "fp16")
     x = rng.standard_normal((tokens, 40)).astype(np.float32)
     assert_close(linear(x, built.weight), _reference(x, built.reference))
+
+
+@pytest.mark.parametrize("layout", ["unstructured", ("rows", 4), ("columns", 2)], ids=str)
+def test_many_tokens_match_dense(layout):
+    # More than 64 tokens switch the BLAS calls to x @ W^T.
+    rng = np.random.default_rng(22)
+    built = make_weight(rng, (30, 50), 0.5, "lut4", layout)
+    x = rng.standard_normal((150, 50)).astype(np.float32)
+    expected = _reference(x, built.reference)
+    for strategy in STRATEGIES:
+        assert_close(linear(x, built.weight, strategy=strategy), expected, name=strategy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +206,8 @@ def test_matmul_weight_on_right(other_shape, transpose_other, transpose_weight):
 @pytest.mark.parametrize("other_shape, transpose_other, transpose_weight", MATMUL_CASES)
 def test_matmul_weight_on_left(other_shape, transpose_other, transpose_weight):
     rng = np.random.default_rng(19)
-    inner = other_shape[-1] if len(other_shape) == 1 else other_shape[-2] if not transpose_other else other_shape[-2]
+    # y is [K] or [..., K, N] after its transpose, and the test swaps it back when transposed.
+    inner = other_shape[0] if len(other_shape) == 1 else other_shape[-2]
     weight_shape = (inner, 4) if transpose_weight else (4, inner)
     built = make_weight(rng, weight_shape, 0.5, "int8-per-channel")
     y_operand = rng.standard_normal(other_shape).astype(np.float32)
