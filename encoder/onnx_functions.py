@@ -27,7 +27,11 @@ How the bodies decode:
 - Groups and blocks (LUT groups, scale and offset blocks): ``Resize`` in ``nearest`` mode with
   ``asymmetric`` coordinates and ``floor`` rounding repeats each group over its block of
   ``shape / groups`` positions on every axis, for any rank.
-- Sparse positions: ``NonZero`` of the mask.
+- Sparse positions: ``TopK`` of the mask weighted by reversed position (see
+  :func:`_positions`).
+- onnxruntime folds the decoding into constants when it loads a file, except where a step has
+  no CPU kernel for the dtype: with fp16 ``nonzero_data`` the ``Pad`` of the scatter stays,
+  so fp16 weights are scattered at every run.
 """
 
 from __future__ import annotations
@@ -109,7 +113,11 @@ def _attribute_tensor(body: _Body, attribute: str) -> str:
 
 
 def _count(body: _Body, shape: str) -> str:
-    """Return ``tensor<int64, [1]>``, the element count of ``shape``."""
+    """Return ``tensor<int64, [1]>``, the element count of ``shape``.
+
+    ``ReduceProd(Shape(x))`` stands for ``Size(x)`` because onnxruntime has no ``Size``
+    kernel for int8 inputs when it folds constants, and would then decode at every run.
+    """
     return body.op("ReduceProd", shape, keepdims=1)
 
 
@@ -169,9 +177,19 @@ def _expand_blocks(body: _Body, params: str, shape: str) -> str:
     return body.op("Reshape", resized, body.const(np.array([-1], np.int64)))
 
 
-def _positions(body: _Body, bits: str) -> str:
-    """Return the flat positions of the set bits, ``tensor<int64, [D]>``."""
-    return body.op("Reshape", body.op("NonZero", bits), body.const(np.array([-1], np.int64)))
+def _positions(body: _Body, bits: str, count: str, popcount: str) -> str:
+    """Return the flat positions of the set bits in increasing order, ``tensor<int64, [D]>``.
+
+    ``TopK`` of ``bits * (count - position)`` with ``k = popcount`` selects exactly the set
+    bits, earliest first. onnxruntime folds ``TopK`` into a constant when it loads the file,
+    but not ``NonZero``, which would leave the whole decoding to every run.
+    """
+    positions = body.op(
+        "Range", body.const(np.array(0, np.int64)), body.op("Reshape", count, body.const(np.zeros(0, np.int64))), body.const(np.array(1, np.int64))
+    )
+    keys = body.op("Mul", body.op("Cast", bits, to=TensorProto.INT64), body.op("Sub", count, positions))
+    _, indices = body.op("TopK", keys, popcount, outputs=2, axis=0, largest=1, sorted=1)
+    return indices
 
 
 def _popcount(body: _Body, bits: str) -> str:
@@ -218,10 +236,10 @@ def _quantized(body: _Body, data: str, count: str, data_dtype: str) -> str:
 
 def _offsets(body: _Body, offset: str, scale: str, shape: str, data_dtype: str) -> str:
     """Return the offset of every dense position in fp32; an empty ``offset`` means zeros."""
-    scale_count = body.op("Reshape", body.op("Size", scale), body.const(np.array([1], np.int64)))
+    scale_count = _count(body, body.op("Shape", scale))
     present = body.op(
         "Cast",
-        body.op("Greater", body.op("Size", offset), body.const(np.array(0, np.int64))),
+        body.op("Greater", _count(body, body.op("Shape", offset)), body.const(np.array([0], np.int64))),
         to=TensorProto.INT64,
     )
     count = body.op("Mul", scale_count, present)
@@ -261,9 +279,10 @@ def _lut_to_dense(body: _Body) -> None:
 def _lut_to_sparse(body: _Body) -> None:
     count = _count(body, "shape")
     bits = _bits(body, "indices_mask", count)
-    positions = _positions(body, bits)
+    popcount = _popcount(body, bits)
+    positions = _positions(body, bits, count, popcount)
     flat, entries, nbits = _lut_table(body, "lut", "shape")
-    indices = _values(body, "indices_nonzero_data", _popcount(body, bits), nbits, None)
+    indices = _values(body, "indices_nonzero_data", popcount, nbits, None)
     groups = body.op("Gather", _lut_groups(body, "lut", "shape"), positions)
     body.output("Identity", ["indices_mask"], "mask")
     body.output("Identity", [_lookup(body, flat, entries, groups, indices)], "values")
@@ -282,9 +301,10 @@ def _blockwise_shift_scale(body: _Body) -> None:
 def _sparse_blockwise_shift_scale(body: _Body) -> None:
     count = _count(body, "shape")
     bits = _bits(body, "data_mask", count)
-    positions = _positions(body, bits)
+    popcount = _popcount(body, bits)
+    positions = _positions(body, bits, count, popcount)
     data_dtype = _attribute_tensor(body, "data_dtype")
-    data = _quantized(body, "nonzero_data", _popcount(body, bits), data_dtype)
+    data = _quantized(body, "nonzero_data", popcount, data_dtype)
     scales = body.op("Gather", _expand_blocks(body, "scale", "shape"), positions)
     offsets = body.op("Gather", _offsets(body, "offset", "scale", "shape", data_dtype), positions)
     values = body.op("Mul", body.op("Sub", data, offsets), scales)
