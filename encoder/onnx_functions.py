@@ -1,6 +1,6 @@
 """ONNX function bodies of the ``sparseblob`` ops, in standard ONNX operators only.
 
-A compressed ONNX file holds one ``FunctionProto`` per ``sparseblob`` op type it uses, so that
+A compressed ONNX file contains one ``FunctionProto`` per ``sparseblob`` op type it uses, so that
 onnxruntime, or any runtime that expands model-local functions, runs the file without
 sparseblob. The op signatures are those of :data:`sparseblob.runtime.onnx_run.SIGNATURES`.
 
@@ -97,7 +97,7 @@ class _Body:
 
 
 def _attribute_tensor(body: _Body, attribute: str) -> str:
-    """Return a ``tensor<int64, [1]>`` holding the INT attribute ``attribute`` of the call."""
+    """Return a ``tensor<int64, [1]>`` with the value of the INT attribute ``attribute`` of the call."""
     if body.opset >= 12:
         node = helper.make_node("Constant", [], [body._name("attr")])
         node.attribute.append(
