@@ -3,11 +3,12 @@
 Each model shipped by an installed package (magika, rapidocr's text classifier, detector and
 recognizer) is compressed with each pattern and value format. sparseblob runs the file with
 onnx's reference evaluator, sparseblob's decoders and the sparse kernels. onnxruntime (CPU)
-runs the same file and decodes the weights through the ``sparseblob`` function bodies. Load times include
-decoding or building the compressed weights once. Run times are the best of several runs
-after one warm-up run, so numba's compilation is not counted. onnxruntime folds the decoded
-weights into constants when it loads the file, except fp16 values, which it scatters at every
-run because it has no fp16 ``Pad`` kernel on the CPU.
+runs the same file and decodes the weights through the ``sparseblob`` function bodies.
+
+Load times include decoding or building the compressed weights once. Run times are the best
+of several runs after one warm-up run, so numba's compilation is not counted. onnxruntime
+folds the decoded weights into constants when it loads the file, except fp16 values, which it
+scatters at every run because it has no fp16 ``Pad`` kernel on the CPU.
 
 Usage: ``python bench/bench_onnx.py [MODEL ...]`` with MODEL among magika, ocr_cls, ocr_det,
 ocr_rec.
