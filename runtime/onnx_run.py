@@ -1288,13 +1288,14 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 
 def _density(tensor: CompressedTensor, values: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> float:
+    """Return the fraction of set mask bits, after checking the mask's byte count and padding."""
     first = tensor.nodes[0]
     if first.op_type in (LUT_TO_DENSE, BLOCKWISE_SHIFT_SCALE):
         return 1.0
-    mask = values[first.input[0] if first.op_type != SPARSE_TO_DENSE else first.input[1]]
-    count = math.prod(shape)
-    bits = unpack_bits(mask, 1, count) if mask.size == packed_size(count, 1) else None
-    return float(np.count_nonzero(bits)) / count if bits is not None and count else 1.0
+    param = "mask" if first.op_type == SPARSE_TO_DENSE else SIGNATURES[first.op_type].inputs[0]
+    mask = values[first.input[SIGNATURES[first.op_type].inputs.index(param)]]
+    bits = _mask_bits(mask, shape, param, _describe(first.op_type, first.name))
+    return float(np.count_nonzero(bits)) / bits.size if bits.size else 1.0
 
 
 def inspect_onnx(path: str | os.PathLike | onnx.ModelProto) -> OnnxSummary:
@@ -1302,8 +1303,10 @@ def inspect_onnx(path: str | os.PathLike | onnx.ModelProto) -> OnnxSummary:
 
     Raises:
         PackageError: the file is not an ONNX model.
+        SparseblobError: a mask has the wrong byte count or set padding bits.
     """
     model = load_model(path)
+    check_model(model)
     graph = model.graph
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     consumers = _consumers(graph)

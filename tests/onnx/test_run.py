@@ -292,6 +292,14 @@ def test_inspect_reports_fp16_chain_dtype():
     assert weight.dtype == "fp32"
 
 
+def test_inspect_rejects_truncated_mask():
+    compressed, _ = compress_model(_models.conv_model(), sparsity=0.5, min_elements=0)
+    init = next(i for i in compressed.graph.initializer if i.name == "w.sparseblob.mask")
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:-1], init.name))
+    with pytest.raises(ShapeError, match="mask has 143 bytes"):
+        inspect_onnx(compressed)
+
+
 def test_densify_gives_plain_onnx():
     compressed, _ = compress_model(_models.two_layer_model(), sparsity=0.5, values="quantize", min_elements=0)
     dense = densify_onnx(compressed)
