@@ -37,7 +37,10 @@ class UserError(click.ClickException):
 
 
 def _stdout() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    # Rich assumes 80 columns when stdout is not a terminal; a pipe or a log file gets whole
+    # names instead of truncated ones.
+    width = None if sys.stdout.isatty() else 160
+    return Console(highlight=False, soft_wrap=True, width=width)
 
 
 def _load(path: str):
@@ -398,6 +401,114 @@ def _plot_latency(prediction, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+@cli.command()
+@click.argument("package", type=click.Path(exists=True))
+@click.option("--reference", type=click.Path(exists=True),
+              help="The dense package (or, for .onnx, the dense model) to compare outputs and weights with.")
+@click.option("--inputs", "inputs_file", type=click.Path(exists=True, dir_okay=False),
+              help="An .npz file of model inputs by name; seeded random inputs when omitted.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--expect", multiple=True, metavar="PATTERN",
+              help="Required pattern of every compressed weight, e.g. 2:4, 2:4@axis1, block4@axis0, "
+                   "sparsity>=0.5; repeat or join with commas.")
+@click.option("--min-cosine", type=float, default=0.99, show_default=True,
+              help="Smallest cosine similarity of each output to the --reference output.")
+@click.option("--min-weight-cosine", type=float, default=0.9, show_default=True,
+              help="Smallest cosine similarity of palettized or quantized weights to the reference weights.")
+@click.option("--expected", "expected_weights", type=click.Path(exists=True, dir_okay=False),
+              help="An .npz of dense weights by output name that the decoded weights must equal bit for bit.")
+@click.option("--expected-outputs", type=click.Path(exists=True, dir_okay=False),
+              help="An .npz of outputs from another runtime (e.g. torch) to compare with by cosine.")
+@click.option("--no-coremltools", is_flag=True, help="Skip the cross-check against coremltools' decompression.")
+@click.option("--no-run", is_flag=True, help="Check the weights only; do not run the model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Also write the report as JUnit XML to this file.")
+def verify(package, reference, inputs_file, seed, expect, min_cosine, min_weight_cosine, expected_weights,
+           expected_outputs, no_coremltools, no_run, as_json, junit) -> None:
+    """Check every compressed weight of PACKAGE and compare its outputs.
+
+    Decodes each compressed weight and checks its structure (mask, LUT, scales, finite values),
+    detects its pattern and checks it against --expect, requires bit-exact agreement with
+    coremltools' own decompression, and runs the model with the sparse kernels and the dense
+    path (and the --reference package), comparing every output.
+
+    Exit status: 0 when every check holds, 1 when a check fails, 2 for a usage error.
+
+    \b
+    Examples:
+      sparseblob verify pruned.mlpackage --reference dense.mlpackage --expect 2:4
+      sparseblob verify pruned.mlpackage --inputs inputs.npz --json
+      sparseblob verify model-sparse.onnx --reference model.onnx
+    """
+    if str(package).endswith(".onnx"):
+        _verify_onnx(package, reference, inputs_file, seed, as_json, junit)
+        return
+
+    from rich.progress import Progress
+
+    from sparseblob.runtime.errors import OptionError
+    from sparseblob.verify.report import render_table, summary_line, to_json, write_junit
+    from sparseblob.verify.verify import verify_package
+
+    console = _stdout()
+    show_progress = not as_json and sys.stderr.isatty()
+    with Progress(console=Console(stderr=True), transient=True, disable=not show_progress) as progress:
+        task = progress.add_task("verify", total=None)
+
+        def update(description, completed, total):
+            progress.update(task, description=description, completed=completed, total=total)
+
+        try:
+            report = verify_package(
+                package, reference=reference, inputs=inputs_file, seed=seed, expect=list(expect) or None,
+                coremltools=not no_coremltools, progress=update, min_cosine=min_cosine,
+                min_weight_cosine=min_weight_cosine, expected=expected_weights,
+                expected_outputs=expected_outputs, run_model=not no_run,
+            )
+        except OptionError as error:
+            raise UserError(str(error)) from error
+
+    if junit:
+        write_junit(report, junit)
+    if as_json:
+        click.echo(json.dumps(to_json(report), indent=2, allow_nan=False))
+    else:
+        render_table(report, console)
+        console.print(summary_line(report))
+    sys.exit(report.exit_code)
+
+
+def _verify_onnx(package, reference, inputs_file, seed, as_json, junit) -> None:
+    raise UserError("ONNX input is not supported by this build; pass an .mlpackage")
+
+
+@cli.command()
+@click.option("--keep", type=click.Path(file_okay=False),
+              help="Write the demo packages to this new directory instead of a temporary one.")
+def demo(keep) -> None:
+    """Run the main job on a built-in model.
+
+    Builds a small dense fp16 model, compresses it several ways with sparseblob's encoder
+    (unstructured, 2:4, palettized, quantized), verifies each against the dense model and
+    prints the reports. Exits 1 if any verification fails.
+    """
+    import tempfile
+
+    from sparseblob.verify.demo import run_demo
+
+    console = _stdout()
+    if keep:
+        workdir = Path(keep)
+        if workdir.exists() and any(workdir.iterdir()):
+            raise UserError(f"--keep {keep}: the directory exists and is not empty")
+        workdir.mkdir(parents=True, exist_ok=True)
+        reports = run_demo(workdir, console)
+    else:
+        with tempfile.TemporaryDirectory(prefix="sparseblob-demo-") as temp:
+            reports = run_demo(temp, console)
+    sys.exit(max(report.exit_code for report in reports))
 
 
 def main() -> None:

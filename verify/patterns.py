@@ -185,7 +185,7 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
 
 def _largest_block(mask: np.ndarray) -> tuple[int, int] | None:
     best = None
-    for axis in range(mask.ndim):
+    for axis in range(min(mask.ndim, 2)):
         # Blocks of b/2 subdivide blocks of b, so the sizes that hold form a prefix.
         for size in BLOCK_SIZES:
             if size > mask.shape[axis] or not blocks_hold(mask, size, axis):
@@ -198,7 +198,7 @@ def _largest_block(mask: np.ndarray) -> tuple[int, int] | None:
 def _best_n_m(mask: np.ndarray) -> tuple[int, int, int] | None:
     best = None
     for m in N_M_GROUPS:
-        for axis in range(mask.ndim):
+        for axis in range(min(mask.ndim, 2)):
             if m > mask.shape[axis]:
                 continue
             n = min_zeros_per_run(mask, m, axis)
@@ -308,7 +308,10 @@ def parse_expectations(text: str | Sequence[str] | None) -> tuple[Expectation, .
 def _axes(expectation: Expectation, rank: int) -> list[int] | None:
     """Return the axes an expectation allows, or None when its axis does not exist."""
     if expectation.axis is None:
-        return list(range(rank))
+        # Core ML prunes n:m groups and blocks along axis 0 (output channels) or axis 1 (input
+        # channels) only. A kernel axis of size 3 would satisfy any n:m with m > 3 through its
+        # zero-padded partial group, so it must not count as a match.
+        return list(range(min(rank, 2)))
     if not -rank <= expectation.axis < rank:
         return None
     return [expectation.axis % rank]

@@ -219,3 +219,16 @@ def test_weight_without_mask_has_zero_sparsity():
     problems = check_expectations(None, (4, 8), expectations)
 
     assert problems == ["expected sparsity>=0.5, but sparsity is 0.0000"]
+
+
+def test_kernel_axis_does_not_satisfy_n_m():
+    # 2:4 along the input channels of a 3x3 conv weight; the 3-wide kernel axes would pass any
+    # n:m with m > 3 through their zero-padded partial group, so they must not be tried.
+    rng = np.random.default_rng(3)
+    mask = rng.random((8, 8, 3, 3)) < 0.9
+
+    problems = check_expectations(mask, mask.shape, parse_expectations("2:5"))
+
+    assert len(problems) == 1
+    assert "axis 0" in problems[0]
+    assert "axis 1" in problems[0]
