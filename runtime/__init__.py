@@ -4,6 +4,7 @@ The runtime depends on nothing in ``sparseblob.encoder`` or ``sparseblob.verify`
 """
 
 from .errors import SparseblobError
+from .interpreter import run, run_with_trace
 from .package import (
     Argument,
     Binding,
@@ -27,6 +28,8 @@ from .values import (
 __all__ = [
     "SparseblobError",
     "load",
+    "run",
+    "run_with_trace",
     "Package",
     "Function",
     "Block",

@@ -24,7 +24,8 @@ from sparseblob.runtime.errors import SparseblobError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+# Exit status of a usage error; verify exits 1 when a check fails.
+EXIT_USAGE = 2
 
 
 class UserError(click.ClickException):
@@ -64,7 +65,8 @@ def cli(verbose: int) -> None:
       sparseblob inspect model.mlpackage
       sparseblob run model.mlpackage --input x=x.npy -o out.npz
     """
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    level = levels.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
