@@ -106,6 +106,7 @@ _NE_FIXED = {
     "affine_decode_gelems": 50.0,
     "lut_ns": 100.0,
     "lut_pair_ps": 0.0,
+    "lut_layer_us": 0.0,
 }
 _NE_FIXED.update({name: spec["prior"] for name, spec in _NE_FREE.items()})
 
@@ -117,8 +118,9 @@ SPECS = {
         "description": (
             "iPhone 14 Pro, iOS 17, compute units ALL (Neural Engine). Fitted to Table A of the "
             "coremltools optimization guide. int8 weights with fp16 activations (W8) are expanded "
-            "before dispatch; int8 weights with int8 activations stream. lut_ns and lut_pair_ps "
-            "are not identified by per-tensor rows and are taken from the a17pro-ios18-ne fit."
+            "before dispatch; int8 weights with int8 activations stream. lut_ns, lut_pair_ps and "
+            "lut_layer_us are not identified by per-tensor rows and are taken from the "
+            "a17pro-ios18-ne fit."
         ),
         "streams": {"sparse": True, "palettized": True, "affine": False, "affine_int8_activations": True},
         "skip": {"group": 4, "axis": "input", "min_sparsity": 0.0},
@@ -126,7 +128,7 @@ SPECS = {
         "free": {**_NE_FREE, "int8_speedup": _free(1.0, 1.0, 4.0, 0.5)},
         "rows": TABLE_A,
         # Not identified by per-tensor rows (one LUT per layer): taken from the A17 Pro fit.
-        "carry_after": {"lut_ns": "a17pro-ios18-ne", "lut_pair_ps": "a17pro-ios18-ne"},
+        "carry_after": {"lut_ns": "a17pro-ios18-ne", "lut_pair_ps": "a17pro-ios18-ne", "lut_layer_us": "a17pro-ios18-ne"},
     },
     "a17pro-ios18-ne": {
         "chip": "A17 Pro",
@@ -148,6 +150,10 @@ SPECS = {
             "int8_speedup": _free(1.9, 1.0, 4.0, 0.5),
             "lut_ns": _free(50.0, 1.0, 2000.0),
             "lut_pair_ps": _free(10.0, 0.01, 1000.0),
+            # Setup of a layer with grouped LUTs. Identified jointly by Table C's group-8 row
+            # (ResNet50) and Table D's group-8 and group-4 rows (OPT-1.3B); the bounds span a
+            # per-layer dispatch-sized cost, from 10 ns to 50 us.
+            "lut_layer_us": _free(2.0, 0.01, 50.0),
         },
         "rows": TABLE_C + TABLE_D,
         # One row each identifies these; their priors come from the A16 fit, where several rows do.

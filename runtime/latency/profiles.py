@@ -24,6 +24,10 @@ Parameters (all positive; the units are in the names):
 ``<format>_decode_gelems``  decode throughput of streamed sparse, palettized and affine
                             weights, giga-elements/s.
 ``lut_ns``                  decode cost of each lookup table, nanoseconds.
+``lut_pair_ps``             decode cost per squared table count of a layer, picoseconds
+                            (the superlinear growth as LUT groups shrink).
+``lut_layer_us``            setup cost of a layer with grouped LUTs (more than one table),
+                            microseconds; it adds to the layer's time instead of overlapping.
 ``skip_efficiency``         fraction of the all-zero skip units whose MACs the unit skips.
 ==========================  ====================================================================
 """
@@ -62,6 +66,7 @@ PARAMETERS: tuple[str, ...] = (
     "affine_decode_gelems",
     "lut_ns",
     "lut_pair_ps",
+    "lut_layer_us",
     "skip_efficiency",
 )
 
