@@ -151,10 +151,11 @@ def test_grouped_luts_extrapolated_on_a16():
 def test_grouped_luts_delay_a_memory_bound_layer_by_the_setup():
     profile = load_profile("a17pro-ios18-ne")
     one = layer_cost("linear", SHAPE, *IO, weight_dtype="uint4", lut_shape=(1, 1, 16, 1))
+    # The second table adds 32 bytes to the weight stream, hence the tolerance.
     two = layer_cost("linear", SHAPE, *IO, weight_dtype="uint4", lut_shape=(2, 1, 16, 1))
     single, grouped = predict([one], profile).layers[0], predict([two], profile).layers[0]
     assert single.bound == grouped.bound == "memory"
-    assert grouped.ms - single.ms == pytest.approx(profile.parameters["lut_layer_us"] * 1e-3, rel=1e-6)
+    assert grouped.ms - single.ms == pytest.approx(profile.parameters["lut_layer_us"] * 1e-3, rel=1e-3)
 
 
 def test_unfitted_profile_flags_every_layer():
