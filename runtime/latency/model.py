@@ -313,7 +313,7 @@ class LayerPrediction:
 
     Attributes:
         name: layer name.
-        ms: predicted milliseconds, overhead included.
+        ms: predicted milliseconds, overhead and grouped-LUT setup included.
         compute_ms, memory_ms, decode_ms, overhead_ms: the terms of the model.
         bound: ``"compute"``, ``"memory"``, ``"decode"`` or ``"overhead"``.
         streamed: True when the weight streams compressed, False when expanded to fp16 first.
