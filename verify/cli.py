@@ -70,11 +70,21 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _inspect_onnx(path: str) -> None:
+    from sparseblob.runtime.onnx_run import inspect_onnx
+
+    try:
+        summary = inspect_onnx(path)
+    except SparseblobError as error:
+        raise UserError(f"{path}: {error}") from error
+    click.echo(json.dumps(summary.to_dict(), indent=2))
+
+
 @cli.command()
-@click.argument("package", type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.argument("package", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (ONNX models always print JSON).")
 def inspect(package: str, as_json: bool) -> None:
-    """Show the compressed weights of PACKAGE (an .mlpackage directory).
+    """Show the compressed weights of PACKAGE (an .mlpackage directory or an .onnx file).
 
     For every weight that a constexpr chain produces: the chain of ops, dense shape and dtype,
     stored bytes, compression ratio against dense fp16, and density of the sparsity mask.
@@ -83,6 +93,10 @@ def inspect(package: str, as_json: bool) -> None:
     Example:
       sparseblob inspect fixtures/formats/ios18_prune_50.mlpackage
     """
+    if str(package).endswith(".onnx"):
+        _inspect_onnx(package)
+        return
+
     from sparseblob.verify.inspect import summarize
 
     loaded = _load(package)
@@ -136,7 +150,7 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 @cli.command()
-@click.argument("package", type=click.Path(exists=True, file_okay=False))
+@click.argument("package", type=click.Path(exists=True))
 @click.option("--input", "-i", "input_pairs", multiple=True, metavar="NAME=FILE.npy",
               help="An input array, by input name; repeat for each input.")
 @click.option("--inputs", "inputs_file", type=click.Path(exists=True, dir_okay=False),
@@ -163,12 +177,21 @@ def run(package, input_pairs, inputs_file, output, weights, precision, function,
             inputs.update({name: archive[name] for name in archive.files})
     inputs.update(_parse_inputs(input_pairs))
 
-    loaded = _load(package)
-    try:
-        result = run_with_trace(loaded, inputs, function=function, weights=weights,
-                                precision=precision, trace=trace)
-    except SparseblobError as error:
-        raise UserError(f"{package}: {error}") from error
+    if str(package).endswith(".onnx"):
+        from sparseblob.runtime.interpreter import RunResult
+        from sparseblob.runtime.onnx_run import run_onnx
+
+        try:
+            result = RunResult(run_onnx(package, inputs, weights=weights))
+        except SparseblobError as error:
+            raise UserError(f"{package}: {error}") from error
+    else:
+        loaded = _load(package)
+        try:
+            result = run_with_trace(loaded, inputs, function=function, weights=weights,
+                                    precision=precision, trace=trace)
+        except SparseblobError as error:
+            raise UserError(f"{package}: {error}") from error
 
     console = _stdout()
     if trace:
@@ -294,7 +317,45 @@ def encode(source, output, config_file, sparsity, n_m, block, threshold, axis, v
 
 
 def _encode_onnx(source, output, options, config_file, overwrite, as_json) -> None:
-    raise UserError("ONNX input is not supported by this build; pass an .mlpackage")
+    """Compress an ONNX model; the options are the package options, mapped to ONNX names."""
+    from sparseblob.encoder.onnx_compress import compress_onnx
+
+    if config_file is not None:
+        raise UserError("--config applies to .mlpackage input only; pass the options directly for ONNX")
+    if options["cluster_dim"] is not None:
+        raise UserError("--cluster-dim: ONNX output supports scalar LUTs only")
+    if Path(output).exists() and not overwrite:
+        raise UserError(f"{output} already exists; pass --overwrite to replace it")
+    if options["threshold"] is not None:
+        raise UserError("--threshold applies to .mlpackage input only")
+
+    kwargs = {
+        "sparsity": options["sparsity"],
+        "n_m": options["n_m"],
+        "block": options["pattern_block_size"],
+        "axis": options["pattern_axis"],
+        "values": options["values"],
+        "nbits": None if options["nbits"] is None else int(options["nbits"]),
+        "palettize_mode": options["palettize_mode"],
+        "group_size": options["group_size"],
+        "quantize_dtype": options["quantize_dtype"],
+        "quantize_mode": options["quantize_mode"],
+        "granularity": options["palettize_granularity"] or options["quantize_granularity"],
+        "block_size": options["quantize_block_size"],
+        "min_elements": options["min_elements"],
+        "op_types": None if options["op_types"] is None else tuple(options["op_types"].split(",")),
+    }
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        report = compress_onnx(source, output, **kwargs)
+    except SparseblobError as error:
+        raise UserError(str(error)) from error
+
+    data = report.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _stdout().print_json(json.dumps(data))
 
 
 @cli.command()
@@ -483,7 +544,36 @@ def verify(package, reference, inputs_file, seed, expect, min_cosine, min_weight
 
 
 def _verify_onnx(package, reference, inputs_file, seed, as_json, junit) -> None:
-    raise UserError("ONNX input is not supported by this build; pass an .mlpackage")
+    """Verify a compressed ONNX model against onnxruntime's runs; exit 1 when a check fails."""
+    from sparseblob.verify.onnx_verify import verify_onnx
+
+    if reference is None:
+        raise UserError("verify MODEL.onnx needs --reference DENSE.onnx")
+    if junit:
+        raise UserError("--junit applies to .mlpackage input only")
+    inputs = None
+    if inputs_file:
+        with np.load(inputs_file, allow_pickle=False) as archive:
+            inputs = {name: archive[name] for name in archive.files}
+    try:
+        report = verify_onnx(package, reference, inputs=inputs, seed=seed)
+    except SparseblobError as error:
+        raise UserError(str(error)) from error
+
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        console = _stdout()
+        table = Table(title=f"{package} against {reference}", show_edge=False)
+        for column in ("output", "actual", "expected", "max abs", "max rel", "cosine", "status"):
+            table.add_column(column)
+        for item in report.comparisons:
+            status = ("pass" if item.passed else "FAIL") if item.checked else "info"
+            table.add_row(item.output, item.actual, item.expected, f"{item.max_abs:.3g}",
+                          f"{item.max_rel:.3g}", f"{item.cosine:.6f}", status)
+        console.print(table)
+        console.print("PASS" if report.passed else "FAIL")
+    sys.exit(0 if report.passed else 1)
 
 
 @cli.command()

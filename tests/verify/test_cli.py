@@ -195,3 +195,26 @@ def test_demo_passes(tmp_path):
 
 def test_unknown_subcommand_is_usage_error():
     assert_usage_error(sparseblob("frobnicate"))
+
+
+@pytest.fixture(scope="module")
+def magika_model():
+    magika = pytest.importorskip("magika")
+    return Path(magika.__file__).parent / "models" / "standard_v3_3" / "model.onnx"
+
+
+def test_onnx_encode_inspect_run_verify(tmp_path, magika_model):
+    output = tmp_path / "magika-sparse.onnx"
+
+    encoded = sparseblob("encode", magika_model, "-o", output, "--sparsity", "0.5", "--json")
+    inspected = sparseblob("inspect", output)
+    verified = sparseblob("verify", output, "--reference", magika_model, "--json")
+
+    assert encoded.returncode == 0, encoded.stderr
+    assert json.loads(inspected.stdout)["weights"]
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["passed"] is True
+
+
+def test_onnx_verify_needs_reference(tmp_path, magika_model):
+    assert_usage_error(sparseblob("verify", magika_model))
