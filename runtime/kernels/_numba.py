@@ -2,9 +2,9 @@
 
 Two families:
 
-- ``*_gemv`` streaming kernels (AVX-512 only, see :mod:`._simd`) compute ``y = W x`` for one
-  token directly from the compressed layout. They read each mask and stored value once and
-  decode 16 values per step.
+- ``*_gemv``/``*_gemm`` streaming kernels (AVX-512 only, see :mod:`._simd`) compute
+  ``y = W x`` directly from the compressed layout, decoding 16 values per step. All tokens run
+  in one parallel loop over rows, so a row's mask and values stay in cache between tokens.
 - ``*_decode_*`` kernels write rows of the decoded fp32 weight into a buffer, so that callers
   can multiply cache-sized tiles with BLAS. The ``*_decode_simd`` variants need AVX-512; the
   ``*_decode_scalar`` variants compile everywhere and handle every group layout.
@@ -163,30 +163,34 @@ def bitmask_gemv(
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=False)
-def indexed_gemv(
+def indexed_gemm(
     value_columns, row_start, row_group,
     mode, data16, data32, codes, table, width, scale, offset, rounding,
-    x, y,
+    x, x_stride, y, y_stride,
 ):  # fmt: skip
-    """``y[r] = sum_c W[r, c] * x[c]`` from each stored value's column (AVX-512).
+    """``y[t, r] = sum_c W[r, c] * x[t, c]`` from each stored value's column (AVX-512).
 
     Work is proportional to the number of stored values, not to the dense size, which pays off
-    at low density. Groups must depend on the row only.
+    at low density. Groups must depend on the row only. ``x`` and ``y`` are the flat views of
+    ``[tokens, x_stride]`` and ``[tokens, y_stride]``.
     """
     rows = row_start.size - 1
+    tokens = x.size // x_stride
     for r in prange(rows):
         first = row_start[r]
         count = row_start[r + 1] - first
         group = row_group[r]
-        acc0 = vzero()
-        acc1 = vzero()
-        for step in range(0, count, LANES):
-            value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, first + step, group)
-            lanes = min(count - step, LANES)
-            updated = vfma(vexpand(value, _low_lanes(lanes)), vload_indexed(x, value_columns, first + step), acc1)
-            acc1 = acc0
-            acc0 = updated
-        y[r] = vhsum(vadd(acc0, acc1))
+        for token in range(tokens):
+            base = token * x_stride
+            acc0 = vzero()
+            acc1 = vzero()
+            for step in range(0, count, LANES):
+                value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, first + step, group)
+                lanes = min(count - step, LANES)
+                updated = vfma(vexpand(value, _low_lanes(lanes)), vload_indexed(x, base, value_columns, first + step), acc1)
+                acc1 = acc0
+                acc0 = updated
+            y[token * y_stride + r] = vhsum(vadd(acc0, acc1))
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=False)
@@ -278,22 +282,24 @@ def bitmask_decode_scalar(
 # Row-block layout
 
 
-def _make_row_blocks_gemv(block: int):
+def _make_row_blocks_gemm(block: int):
     per_step = LANES // block
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=False)
-    def row_blocks_gemv(
+    def row_blocks_gemm(
         kept_columns, block_start, block_group, lane_scale, lane_offset,
         mode, data16, data32, codes, table, width, scale, offset, rounding,
-        x, y,
+        x, x_stride, y, y_stride,
     ):  # fmt: skip
-        """``y[r] = sum_c W[r, c] * x[c]`` for blocks of ``block`` rows (AVX-512).
+        """``y[t, r] = sum_c W[r, c] * x[t, c]`` for blocks of ``block`` rows (AVX-512).
 
-        ``y`` has ``n_row_blocks * block`` entries. ``block_group`` is the single LUT group of
+        ``x`` and ``y`` are the flat views of ``[tokens, x_stride]`` and ``[tokens, y_stride]``
+        with ``y_stride >= n_row_blocks * block``. ``block_group`` is the single LUT group of
         each row block; ``lane_scale``/``lane_offset`` hold 16 lanes per row block, lane
         ``j * block + i`` for row i of the block.
         """
         n_blocks = block_start.size - 1
+        tokens = x.size // x_stride
         for rb in prange(n_blocks):
             first = block_start[rb]
             count = block_start[rb + 1] - first
@@ -306,18 +312,20 @@ def _make_row_blocks_gemv(block: int):
             elif mode > LUT:
                 offset_vector = vload(lane_offset, rb * LANES)
                 scale_vector = vload(lane_scale, rb * LANES)
-            acc0 = vzero()
-            acc1 = vzero()
-            for step in range(0, count, per_step):
-                entry = first + step
-                value = _vector(mode, data16, data32, codes, entry * block, table_vector, table, group * width, offset_vector, scale_vector, rounding)
-                lanes = min(count - step, per_step) * block
-                updated = vfma(vexpand(value, _low_lanes(lanes)), vsplat_pieces(x, kept_columns, entry, block), acc1)
-                acc1 = acc0
-                acc0 = updated
-            vstore_folded(y, rb * block, vadd(acc0, acc1), block)
+            for token in range(tokens):
+                base = token * x_stride
+                acc0 = vzero()
+                acc1 = vzero()
+                for step in range(0, count, per_step):
+                    entry = first + step
+                    value = _vector(mode, data16, data32, codes, entry * block, table_vector, table, group * width, offset_vector, scale_vector, rounding)
+                    lanes = min(count - step, per_step) * block
+                    updated = vfma(vexpand(value, _low_lanes(lanes)), vsplat_pieces(x, base, kept_columns, entry, block), acc1)
+                    acc1 = acc0
+                    acc0 = updated
+                vstore_folded(y, token * y_stride + rb * block, vadd(acc0, acc1), block)
 
-    return row_blocks_gemv
+    return row_blocks_gemm
 
 
 def _make_row_blocks_decode(block: int):
@@ -380,36 +388,39 @@ def row_blocks_decode_scalar(
 # Column-block layout
 
 
-def _make_column_blocks_gemv(block: int):
+def _make_column_blocks_gemm(block: int):
     per_step = LANES // block
 
     @njit(parallel=True, fastmath=_FASTMATH, cache=False)
-    def column_blocks_gemv(
+    def column_blocks_gemm(
         block_columns, row_start, row_group,
         mode, data16, data32, codes, table, width, scale, offset, rounding,
-        x, y,
+        x, x_stride, y, y_stride,
     ):  # fmt: skip
-        """``y[r] = sum_c W[r, c] * x[c]`` for rows of blocks of ``block`` columns (AVX-512).
-
-        Groups must depend on the row only.
+        """``y[t, r] = sum_c W[r, c] * x[t, c]`` for rows of blocks of ``block`` columns
+        (AVX-512). Groups must depend on the row only. ``x`` and ``y`` are the flat views of
+        ``[tokens, x_stride]`` and ``[tokens, y_stride]``.
         """
         rows = row_start.size - 1
+        tokens = x.size // x_stride
         for r in prange(rows):
             first = row_start[r]
             count = row_start[r + 1] - first
             group = row_group[r]
-            acc0 = vzero()
-            acc1 = vzero()
-            for step in range(0, count, per_step):
-                entry = first + step
-                value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, entry * block, group)
-                lanes = min(count - step, per_step) * block
-                updated = vfma(vexpand(value, _low_lanes(lanes)), vload_pieces(x, block_columns, entry, block), acc1)
-                acc1 = acc0
-                acc0 = updated
-            y[r] = vhsum(vadd(acc0, acc1))
+            for token in range(tokens):
+                base = token * x_stride
+                acc0 = vzero()
+                acc1 = vzero()
+                for step in range(0, count, per_step):
+                    entry = first + step
+                    value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, entry * block, group)
+                    lanes = min(count - step, per_step) * block
+                    updated = vfma(vexpand(value, _low_lanes(lanes)), vload_pieces(x, base, block_columns, entry, block), acc1)
+                    acc1 = acc0
+                    acc0 = updated
+                y[token * y_stride + r] = vhsum(vadd(acc0, acc1))
 
-    return column_blocks_gemv
+    return column_blocks_gemm
 
 
 def _make_column_blocks_decode(block: int):
@@ -461,24 +472,24 @@ def column_blocks_decode_scalar(
 
 
 BLOCK_WIDTHS = (2, 4, 8, 16)
-_ROW_BLOCK_GEMV = {}
-_COLUMN_BLOCK_GEMV = {}
+_ROW_BLOCK_GEMM = {}
+_COLUMN_BLOCK_GEMM = {}
 _ROW_BLOCK_DECODE = {}
 _COLUMN_BLOCK_DECODE = {}
 
 
-def row_blocks_gemv(block: int):
+def row_blocks_gemm(block: int):
     """Return the compiled row-block streaming kernel for ``block`` in :data:`BLOCK_WIDTHS`."""
-    if block not in _ROW_BLOCK_GEMV:
-        _ROW_BLOCK_GEMV[block] = _make_row_blocks_gemv(block)
-    return _ROW_BLOCK_GEMV[block]
+    if block not in _ROW_BLOCK_GEMM:
+        _ROW_BLOCK_GEMM[block] = _make_row_blocks_gemm(block)
+    return _ROW_BLOCK_GEMM[block]
 
 
-def column_blocks_gemv(block: int):
+def column_blocks_gemm(block: int):
     """Return the compiled column-block streaming kernel for ``block`` in :data:`BLOCK_WIDTHS`."""
-    if block not in _COLUMN_BLOCK_GEMV:
-        _COLUMN_BLOCK_GEMV[block] = _make_column_blocks_gemv(block)
-    return _COLUMN_BLOCK_GEMV[block]
+    if block not in _COLUMN_BLOCK_GEMM:
+        _COLUMN_BLOCK_GEMM[block] = _make_column_blocks_gemm(block)
+    return _COLUMN_BLOCK_GEMM[block]
 
 
 def row_blocks_decode(block: int):

@@ -376,8 +376,8 @@ def _concatenate(builder, pieces: list, width: int):
 
 
 @intrinsic
-def vload_pieces(typingctx, array, starts, first, width):
-    """Load ``16 // width`` runs of ``width`` floats, run j from ``array[starts[first + j]]``.
+def vload_pieces(typingctx, array, base, starts, first, width):
+    """Load ``16 // width`` runs of ``width`` floats, run j from ``array[base + starts[first + j]]``.
 
     ``width`` must be a compile-time constant (a literal 1, 2, 4, 8 or 16).
     """
@@ -388,12 +388,12 @@ def vload_pieces(typingctx, array, starts, first, width):
     run = width.literal_value
 
     def codegen(context, builder, signature, args):
-        array_value, starts_value, first_value, _ = args
+        array_value, base_value, starts_value, first_value, _ = args
         pieces = []
         for j in range(LANES // run):
             position = builder.add(first_value, ir.Constant(first_value.type, j))
-            start_pointer = _element_pointer(context, builder, signature.args[1], starts_value, position)
-            start = builder.sext(builder.load(start_pointer), _I64)
+            start_pointer = _element_pointer(context, builder, signature.args[2], starts_value, position)
+            start = builder.add(base_value, builder.sext(builder.load(start_pointer), _I64))
             if run == 1:
                 pointer = _element_pointer(context, builder, signature.args[0], array_value, start)
                 pieces.append(builder.insert_element(ir.Constant(_vec(_F32, 1), None), builder.load(pointer, align=4), ir.Constant(_I32, 0)))
@@ -402,12 +402,12 @@ def vload_pieces(typingctx, array, starts, first, width):
                 pieces.append(builder.load(pointer, align=4))
         return _concatenate(builder, pieces, run)
 
-    return f32x16(array, starts, types.intp, width), codegen
+    return f32x16(array, types.intp, starts, types.intp, width), codegen
 
 
 @intrinsic
-def vsplat_pieces(typingctx, array, starts, first, width):
-    """Fill run j of ``width`` lanes with ``array[starts[first + j]]``, for ``16 // width`` runs.
+def vsplat_pieces(typingctx, array, base, starts, first, width):
+    """Fill run j of ``width`` lanes with ``array[base + starts[first + j]]``, for ``16 // width`` runs.
 
     ``width`` must be a compile-time constant (a literal 1, 2, 4, 8 or 16).
     """
@@ -418,24 +418,24 @@ def vsplat_pieces(typingctx, array, starts, first, width):
     run = width.literal_value
 
     def codegen(context, builder, signature, args):
-        array_value, starts_value, first_value, _ = args
+        array_value, base_value, starts_value, first_value, _ = args
         undefined = ir.Constant(_vec(_F32, 1), None)
         pieces = []
         for j in range(LANES // run):
             position = builder.add(first_value, ir.Constant(first_value.type, j))
-            start_pointer = _element_pointer(context, builder, signature.args[1], starts_value, position)
-            start = builder.sext(builder.load(start_pointer), _I64)
+            start_pointer = _element_pointer(context, builder, signature.args[2], starts_value, position)
+            start = builder.add(base_value, builder.sext(builder.load(start_pointer), _I64))
             pointer = _element_pointer(context, builder, signature.args[0], array_value, start)
             scalar = builder.insert_element(undefined, builder.load(pointer, align=4), ir.Constant(_I32, 0))
             pieces.append(builder.shuffle_vector(scalar, undefined, ir.Constant(_vec(_I32, run), [0] * run)))
         return _concatenate(builder, pieces, run)
 
-    return f32x16(array, starts, types.intp, width), codegen
+    return f32x16(array, types.intp, starts, types.intp, width), codegen
 
 
 @intrinsic
-def vload_indexed(typingctx, array, columns, first):
-    """Return ``array[columns[first + j]]`` in lane j, with scalar loads (no gather instruction).
+def vload_indexed(typingctx, array, base, columns, first):
+    """Return ``array[base + columns[first + j]]`` in lane j, with scalar loads (no gather).
 
     ``columns`` is a uint16 or int32 array of indices into the float32 ``array``.
     """
@@ -446,18 +446,18 @@ def vload_indexed(typingctx, array, columns, first):
     unsigned = columns.dtype == types.uint16
 
     def codegen(context, builder, signature, args):
-        array_value, columns_value, first_value = args
-        base = _element_pointer(context, builder, signature.args[0], array_value, ir.Constant(_I64, 0))
+        array_value, base_value, columns_value, first_value = args
+        base = _element_pointer(context, builder, signature.args[0], array_value, base_value)
         result = ir.Constant(_vec(_F32), None)
         for lane in range(LANES):
             position = builder.add(first_value, ir.Constant(first_value.type, lane))
-            column = builder.load(_element_pointer(context, builder, signature.args[1], columns_value, position))
+            column = builder.load(_element_pointer(context, builder, signature.args[2], columns_value, position))
             column = builder.zext(column, _I64) if unsigned else builder.sext(column, _I64)
             element = builder.load(builder.gep(base, [column]), align=4)
             result = builder.insert_element(result, element, ir.Constant(_I32, lane))
         return result
 
-    return f32x16(array, columns, types.intp), codegen
+    return f32x16(array, types.intp, columns, types.intp), codegen
 
 
 @intrinsic

@@ -6,8 +6,8 @@ Three strategies compute ``y = x W^T`` for the kernel view ``W [rows, columns]``
 - ``"sparse"``: streaming kernels that read the mask and the stored values once per token (or
   per 4 tokens) and decode them on the fly. They need AVX-512; elsewhere this strategy runs
   as ``"tiled"``.
-- ``"tiled"``: decode tiles of about 4 MiB of rows to fp32 and multiply each with BLAS, so the
-  dense weight is never held in full.
+- ``"tiled"``: decode tiles of about 16 MiB of rows to fp32 and multiply each with BLAS, so
+  the dense weight is never held in full.
 - ``"dense"``: decode the whole weight once (cached on the weight) and multiply with BLAS. This
   is the reference path.
 
@@ -21,9 +21,11 @@ Note: the sparse strategy skips zero weights, so where the dense product would g
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..errors import ShapeError, UnsupportedOpError
@@ -50,12 +52,19 @@ STRATEGIES = ("sparse", "tiled", "dense")
 # (Zen 4) core: 0.3 for 4-bit LUT values, 0.38 for fp16 (bench/bench_kernels.py, 1024x2048).
 INDEXED_DENSITY = 0.3
 
+# The indexed kernel runs once per token, while the mask-expanding kernel decodes once per 4
+# tokens. The indexed one stays faster while tokens * density is at most this value (same
+# machine, 2048x4096 weight, 1 to 8 tokens).
+INDEXED_TOKENS_TIMES_DENSITY = 0.6
+
 # Up to this many tokens the BLAS calls multiply weight @ x^T, above it x @ weight^T.
 ROW_MAJOR_TOKENS = 64
 
-# Rows per tile are chosen so that one decoded tile takes about this many bytes, which keeps
-# it in the last-level cache while BLAS reads it.
-TILE_BYTES = 4 << 20
+# Rows per tile are chosen so that one decoded tile takes about this many bytes. A tile stays
+# in the 32 MiB last-level cache of the benchmark machine while BLAS reads it, and large tiles
+# keep the number of BLAS calls low: each call synchronises BLAS's threads, which costs up to a
+# scheduler time slice when other processes share the cores.
+TILE_BYTES = 16 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,43 +163,45 @@ def _padded_input(x2: np.ndarray, columns_padded: int) -> np.ndarray:
     return buffer
 
 
-def _gemv(weight: CompressedWeight, args: _KernelArgs, x: np.ndarray, y: np.ndarray) -> None:
-    """Run the streaming kernel for one token: ``y[:rows] = W x`` (``y`` may be longer)."""
-    if isinstance(weight, BitmaskWeight) and args.indexed:
-        _numba.indexed_gemv(weight.value_columns, weight.row_start, weight.groups.row_group, *args.values, x, y)
-    elif isinstance(weight, BitmaskWeight):
-        _numba.bitmask_gemv(
-            weight.chunk_masks, weight.row_start, weight.n_chunks, weight.groups.row_group, args.chunk_group,
-            *args.values, x, y,
-        )  # fmt: skip
-    elif isinstance(weight, RowBlockWeight):
-        _numba.row_blocks_gemv(weight.block)(
-            weight.kept_columns, weight.block_start, args.block_group, args.lane_scale, args.lane_offset,
-            *args.values, x, y,
-        )  # fmt: skip
-    else:
-        _numba.column_blocks_gemv(weight.block)(
-            weight.block_columns, weight.row_start, weight.groups.row_group, *args.values, x, y
-        )
-
-
 def _sparse(weight: CompressedWeight, args: _KernelArgs, x2: np.ndarray) -> np.ndarray:
     tokens = x2.shape[0]
-    if isinstance(weight, BitmaskWeight) and tokens > 1 and args.simd_decode:
-        xp = _padded_input(np.concatenate([x2, np.zeros((-tokens % 4, x2.shape[1]), np.float32)]), weight.columns_padded)
+    groups = weight.groups
+    indexed = args.indexed and tokens * weight.density <= INDEXED_TOKENS_TIMES_DENSITY
+    if isinstance(weight, BitmaskWeight) and not indexed and tokens > 1:
+        padding = np.zeros((-tokens % 4, x2.shape[1]), np.float32)
+        xp = _padded_input(np.concatenate([x2, padding]), weight.columns_padded)
         out = np.empty((xp.shape[0], weight.rows), dtype=np.float32)
         _numba.bitmask_gemm4(
-            weight.chunk_masks, weight.row_start, weight.n_chunks, weight.groups.row_group, args.chunk_group,
+            weight.chunk_masks, weight.row_start, weight.n_chunks, groups.row_group, args.chunk_group,
             *args.values, xp.reshape(-1), out.reshape(-1),
         )  # fmt: skip
         return out[:tokens]
+
     xp = _padded_input(x2, weight.columns_padded)
-    rows = weight.rows
-    padded_rows = weight.n_row_blocks * weight.block if isinstance(weight, RowBlockWeight) else rows
-    out = np.empty((x2.shape[0], padded_rows), dtype=np.float32)
-    for token in range(x2.shape[0]):
-        _gemv(weight, args, xp[token], out[token])
-    return out[:, :rows]
+    x_stride = xp.shape[1]
+    padded_rows = weight.n_row_blocks * weight.block if isinstance(weight, RowBlockWeight) else weight.rows
+    out = np.empty((tokens, padded_rows), dtype=np.float32)
+    if isinstance(weight, BitmaskWeight) and indexed:
+        _numba.indexed_gemm(
+            weight.value_columns, weight.row_start, groups.row_group, *args.values,
+            xp.reshape(-1), x_stride, out.reshape(-1), padded_rows,
+        )  # fmt: skip
+    elif isinstance(weight, BitmaskWeight):
+        _numba.bitmask_gemv(
+            weight.chunk_masks, weight.row_start, weight.n_chunks, groups.row_group, args.chunk_group,
+            *args.values, xp[0], out[0],
+        )  # fmt: skip
+    elif isinstance(weight, RowBlockWeight):
+        _numba.row_blocks_gemm(weight.block)(
+            weight.kept_columns, weight.block_start, args.block_group, args.lane_scale, args.lane_offset,
+            *args.values, xp.reshape(-1), x_stride, out.reshape(-1), padded_rows,
+        )  # fmt: skip
+    else:
+        _numba.column_blocks_gemm(weight.block)(
+            weight.block_columns, weight.row_start, groups.row_group, *args.values,
+            xp.reshape(-1), x_stride, out.reshape(-1), padded_rows,
+        )  # fmt: skip
+    return out[:, : weight.rows]
 
 
 def _decode_tile(weight: CompressedWeight, args: _KernelArgs, first_row: int, tile: np.ndarray) -> None:
@@ -242,7 +253,28 @@ def tile_rows(weight: CompressedWeight) -> int:
     return max(step, rows // step * step)
 
 
+@contextlib.contextmanager
+def _single_thread():
+    """Run numba parallel loops on the calling thread only.
+
+    The tiled strategy alternates decoding and BLAS calls. Waking numba's worker threads
+    between BLAS calls makes the two thread pools compete for the cores: on a 2-core VM a call
+    took 10 to 100 times longer than with the decode on one thread.
+    """
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
 def _tiled(weight: CompressedWeight, args: _KernelArgs, x2: np.ndarray) -> np.ndarray:
+    with _single_thread():
+        return _tiled_products(weight, args, x2)
+
+
+def _tiled_products(weight: CompressedWeight, args: _KernelArgs, x2: np.ndarray) -> np.ndarray:
     tokens = x2.shape[0]
     columns = weight.columns
     step = tile_rows(weight)
