@@ -63,6 +63,19 @@ def test_linear_matches_dense(case):
     _check_strategies(case)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+@pytest.mark.parametrize("value_format", VALUE_FORMATS)
+def test_kernels_decode_values_exactly(value_format, layout):
+    # With one-hot inputs each output is one weight times 1.0 plus zeros, so every strategy
+    # must return the decoded weight exactly, fp16 rounding steps included.
+    rng = np.random.default_rng(23)
+    shape = fit_shape((12, 40), value_format, layout)
+    built = make_weight(rng, shape, 0.6, value_format, layout)
+    identity = np.eye(shape[1], dtype=np.float32)
+    for strategy in STRATEGIES:
+        np.testing.assert_array_equal(linear(identity, built.weight, strategy=strategy), built.reference.T, err_msg=strategy)
+
+
 @contextlib.contextmanager
 def _portable_kernels():
     """Run the kernels that compile without AVX-512, as on a host that lacks it."""
