@@ -383,9 +383,25 @@ def _resolve_inside(real_root: Path, path: Path, *, what: str) -> Path:
     return resolved
 
 
+def _import_model_proto():
+    """Import coremltools' protobuf classes without its import-time warnings.
+
+    Importing any part of coremltools on Linux logs one warning per native Core ML binding
+    that only exists on macOS; they say nothing about the package being read.
+    """
+    coremltools_logger = logging.getLogger("coremltools")
+    level = coremltools_logger.level
+    if level < logging.ERROR:
+        coremltools_logger.setLevel(logging.ERROR)
+    try:
+        from coremltools.proto import Model_pb2
+    finally:
+        coremltools_logger.setLevel(level)
+    return Model_pb2
+
+
 def _parse_model(model_file: Path) -> Model_pb2.Model:
-    # coremltools logs warnings at import about native bindings missing on Linux.
-    from coremltools.proto import Model_pb2
+    Model_pb2 = _import_model_proto()
     from google.protobuf.message import DecodeError
 
     spec = Model_pb2.Model()
