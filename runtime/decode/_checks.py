@@ -7,7 +7,7 @@ the value expected.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +31,7 @@ __all__ = [
     "normalize_axis",
     "byte_mask",
     "bits_view",
+    "output_array",
 ]
 
 INTEGER_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))
@@ -141,3 +142,55 @@ def bits_view(array: np.ndarray) -> np.ndarray:
     """
     flat = np.ascontiguousarray(array).reshape(-1)
     return flat.view(np.dtype(f"u{flat.dtype.itemsize}"))
+
+
+def output_array(
+    out: np.ndarray | None,
+    dtype: np.dtype,
+    shape: Sequence[int],
+    *,
+    inputs: Mapping[str, np.ndarray],
+    where: str,
+) -> np.ndarray:
+    """Return ``out`` after checking it can receive the op's output, or a new array when None.
+
+    A decoder writes every element of the returned array, so a new array is left
+    uninitialized.
+
+    Args:
+        out: the caller's buffer, or None.
+        dtype: the output dtype.
+        shape: the output shape.
+        inputs: the op's input arrays by MIL name; ``out`` must not share memory with any.
+        where: op type and name, for messages.
+
+    Raises:
+        UnknownDtypeError: ``out`` does not have exactly ``dtype``.
+        ShapeError: ``out`` is not a numpy array, does not have exactly ``shape``, is not
+            C-contiguous, is read-only, or may share memory with an input.
+    """
+    dtype = np.dtype(dtype)
+    shape = tuple(int(size) for size in shape)
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+
+    expected = f"tensor<{mil_dtype_name(dtype)}, {list(shape)}>"
+    if not isinstance(out, np.ndarray):
+        raise ShapeError(f"{where}: out is a {type(out).__name__}; expected a numpy array {expected}")
+    if out.dtype != dtype:
+        raise UnknownDtypeError(
+            f"{where}: out has dtype {mil_dtype_name(out.dtype)} ({out.dtype.str}); expected "
+            f"{mil_dtype_name(dtype)} ({dtype.str}), the output dtype"
+        )
+    if out.shape != shape:
+        raise ShapeError(f"{where}: out has shape {list(out.shape)}; expected {list(shape)}, the output shape")
+    if not out.flags.c_contiguous:
+        raise ShapeError(f"{where}: out is not C-contiguous (strides {list(out.strides)}); expected a C-contiguous {expected}")
+    if not out.flags.writeable:
+        raise ShapeError(f"{where}: out is read-only; expected a writeable {expected}")
+    for param, array in inputs.items():
+        # A bounds check: the decoders read inputs while writing out, so any overlap could
+        # change the values still to be read.
+        if np.may_share_memory(out, array):
+            raise ShapeError(f"{where}: out may share memory with {param}; expected a separate buffer")
+    return out

@@ -15,6 +15,8 @@ stored as indices ``[[2, 0], [3, 2]]``.
 - iOS18 ``constexpr_lut_to_sparse``: the same lookup for the indices of a sparse tensor. It
   returns the mask of the looked-up tensor (each mask element repeated VS times along
   ``vector_axis``) and its values at the set mask positions, in C order of that tensor.
+
+The two dense decoders write into a caller's ``out`` array when given one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ._checks import (
     describe,
     integer_scalar,
     normalize_axis,
+    output_array,
     require_dtype,
     require_finite,
     require_rank,
@@ -310,6 +313,7 @@ def lut_to_dense_ios16(
     *,
     name: str = LUT_TO_DENSE,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode the iOS16 ``constexpr_lut_to_dense`` op.
 
@@ -323,12 +327,26 @@ def lut_to_dense_ios16(
 
     The padding bits after the last index are not checked, as Core ML does not check them.
 
+    Args:
+        indices: the packed LUT positions.
+        lut: the LUT.
+        shape: the dense shape.
+        name: op name, used in error messages.
+        max_elements: largest allowed N.
+        out: optional C-contiguous, writeable array of dtype T and shape ``shape`` that
+            receives the output and is returned. Every check runs before the first write,
+            so a rejected call leaves ``out`` unchanged. An error while decoding, such as
+            MemoryError for a temporary array, can leave it partly written.
+
     Raises:
-        ShapeError: ``shape`` is missing or malformed, or ``indices`` has the wrong length.
+        ShapeError: ``shape`` is missing or malformed, ``indices`` has the wrong length, or
+            ``out`` is not a C-contiguous writeable array of the output shape that shares
+            no memory with the inputs.
         ParameterShapeError: ``lut`` is not rank 1 or NUM is not an allowed size.
         NonFiniteError: a floating-point LUT entry is NaN or infinite.
         ElementLimitError: N exceeds ``max_elements``.
-        UnknownDtypeError: T or the indices dtype is not allowed.
+        UnknownDtypeError: T or the indices dtype is not allowed, or ``out`` is not of
+            dtype T.
     """
     where = describe(LUT_TO_DENSE, name)
     indices = np.asarray(indices)
@@ -353,7 +371,7 @@ def lut_to_dense_ios16(
             f"{count} elements of {nbits} bits; expected {expected_bytes} bytes"
         )
 
-    out = np.empty(output_shape, dtype=lut.dtype)
+    out = output_array(out, lut.dtype, output_shape, inputs={"indices": indices, "lut": lut}, where=where)
     if nbits in (1, 2, 4, 8):
         _lookup_packed(np.ascontiguousarray(indices), lut, nbits, out)
     else:
@@ -371,6 +389,7 @@ def lut_to_dense_ios18(
     nbits: int | None = None,
     name: str = LUT_TO_DENSE,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode the iOS18 ``constexpr_lut_to_dense`` op.
 
@@ -389,14 +408,19 @@ def lut_to_dense_ios18(
             be ``2**nbits``. Without it NUM only has to exceed every index.
         name: op name, used in error messages.
         max_elements: largest allowed output element count.
+        out: optional C-contiguous, writeable array of dtype T and the output shape that
+            receives the output and is returned. A rejected call leaves it unchanged, as
+            for :func:`lut_to_dense_ios16`.
 
     Raises:
         ParameterShapeError: the LUT shape does not fit the indices, an index is not below
             NUM, or ``vector_axis`` is missing or out of range.
         NonFiniteError: a floating-point LUT entry is NaN or infinite.
-        ShapeError: ``indices`` is rank 0.
+        ShapeError: ``indices`` is rank 0, or ``out`` is not a C-contiguous writeable array
+            of the output shape that shares no memory with the inputs.
         ElementLimitError: the output has more than ``max_elements`` elements.
-        UnknownDtypeError: T, the indices dtype or ``nbits`` is not allowed.
+        UnknownDtypeError: T, the indices dtype or ``nbits`` is not allowed, or ``out`` is
+            not of dtype T.
     """
     where = describe(LUT_TO_DENSE, name)
     indices = np.asarray(indices)
@@ -412,7 +436,7 @@ def lut_to_dense_ios18(
     element_count(output_shape, name=f"{where}: output", max_elements=max_elements)
     _check_codes(indices, lut.shape[-2], param="indices", where=where)
 
-    out = np.empty(output_shape, dtype=lut.dtype)
+    out = output_array(out, lut.dtype, output_shape, inputs={"indices": indices, "lut": lut}, where=where)
     _lookup_dense(indices, lut, axis, out)
     return out
 

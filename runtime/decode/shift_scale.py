@@ -8,6 +8,8 @@
 - iOS18 ``constexpr_sparse_blockwise_shift_scale``: the same for the values of a sparse
   tensor, each value using the block of its dense position.
 
+The two dense decoders write into a caller's ``out`` array when given one.
+
 The output dtype is the dtype of ``scale``. Integer subtraction never wraps: int8 -128 with
 offset 127 gives -255. The arithmetic rounds exactly where coremltools 9.0's reference
 decompressors round, so results match them bit for bit:
@@ -50,6 +52,7 @@ from ._checks import (
     integer_scalar,
     mil_dtype_name,
     normalize_axis,
+    output_array,
     require_dtype,
     require_finite,
     require_rank,
@@ -267,6 +270,7 @@ def affine_dequantize(
     *,
     name: str = AFFINE_DEQUANTIZE,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode the iOS16 ``constexpr_affine_dequantize`` op.
 
@@ -279,12 +283,25 @@ def affine_dequantize(
         returns: ``tensor<DstT, [d_0, ..., d_K-1]>``,
             ``DstT((float32(q) - float32(zero_point)) * float32(scale))``.
 
+    Args:
+        quantized_data: the quantized values.
+        zero_point: the value of ``quantized_data`` that decodes to 0.
+        scale: the step between consecutive quantized values.
+        axis: the axis along which a vector ``scale`` or ``zero_point`` applies.
+        name: op name, used in error messages.
+        max_elements: largest allowed output element count.
+        out: optional C-contiguous, writeable array of dtype DstT and the shape of
+            ``quantized_data`` that receives the output and is returned. A rejected call
+            leaves it unchanged, as for :func:`blockwise_shift_scale`.
+
     Raises:
         ParameterShapeError: ``axis`` is out of range or not an integer, or ``scale`` or
             ``zero_point`` is not a scalar or a vector of length ``d_axis``.
         NonFiniteError: ``scale`` or an fp32 ``zero_point`` is NaN or infinite.
+        ShapeError: ``out`` is not a C-contiguous writeable array of the output shape that
+            shares no memory with the inputs.
         ElementLimitError: the output has more than ``max_elements`` elements.
-        UnknownDtypeError: a dtype is not allowed.
+        UnknownDtypeError: a dtype is not allowed, or ``out`` is not of dtype DstT.
     """
     where = describe(AFFINE_DEQUANTIZE, name)
     data = np.asarray(quantized_data)
@@ -314,7 +331,8 @@ def affine_dequantize(
     flat_scale, flat_offset = _parameters(
         np.broadcast_to(scale, (groups[axis],)), np.broadcast_to(zero_point, (groups[axis],))
     )
-    out = np.empty(data.shape, dtype=scale.dtype)
+    inputs = {"quantized_data": data, "zero_point": zero_point, "scale": scale}
+    out = output_array(out, scale.dtype, data.shape, inputs=inputs, where=where)
     _run_dense(data, flat_scale, flat_offset, out, groups, False, False)
     return out
 
@@ -375,6 +393,7 @@ def blockwise_shift_scale(
     *,
     name: str = BLOCKWISE_SHIFT_SCALE,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode the iOS18 ``constexpr_blockwise_shift_scale`` op.
 
@@ -386,13 +405,25 @@ def blockwise_shift_scale(
             dtype of ``data``, a floating-point offset may be fp16 or fp32.
         returns: ``tensor<DstT, [d_0, ..., d_K-1]>``.
 
+    Args:
+        data: the quantized values.
+        scale: the scale of each block.
+        offset: the value of ``data`` that decodes to 0 in each block; 0 when omitted.
+        name: op name, used in error messages.
+        max_elements: largest allowed output element count.
+        out: optional C-contiguous, writeable array of dtype DstT and the shape of ``data``
+            that receives the output and is returned. Every check runs before the first
+            write, so a rejected call leaves ``out`` unchanged. An error while decoding,
+            such as MemoryError for a temporary array, can leave it partly written.
+
     Raises:
         ParameterShapeError: ``scale`` or ``offset`` does not have the rank of ``data`` or
             does not divide it, or the two differ in shape.
         NonFiniteError: ``scale`` or a floating-point ``offset`` is NaN or infinite.
-        ShapeError: ``data`` is rank 0.
+        ShapeError: ``data`` is rank 0, or ``out`` is not a C-contiguous writeable array of
+            the shape of ``data`` that shares no memory with the inputs.
         ElementLimitError: the output has more than ``max_elements`` elements.
-        UnknownDtypeError: a dtype is not allowed.
+        UnknownDtypeError: a dtype is not allowed, or ``out`` is not of dtype DstT.
     """
     where = describe(BLOCKWISE_SHIFT_SCALE, name)
     data = np.asarray(data)
@@ -406,7 +437,10 @@ def blockwise_shift_scale(
 
     flat_scale, flat_offset = _parameters(scale, offset)
     round_data, round_difference = _rounding(data.dtype, scale, offset)
-    out = np.empty(data.shape, dtype=scale.dtype)
+    inputs = {"data": data, "scale": scale}
+    if offset is not None:
+        inputs["offset"] = offset
+    out = output_array(out, scale.dtype, data.shape, inputs=inputs, where=where)
     if data.dtype == _FP16:
         # fp16 data is rare (a LUT output scaled per channel). Widening it first saves a
         # specialization of the kernel at the cost of a float32 copy.

@@ -13,6 +13,9 @@ Example (iOS18)::
 
 The iOS16 form of the same weight has ``mask = [0b011001]`` (bit 0 is element 0), one byte
 ``0x19``, and ``shape = [2, 3]``.
+
+Both decoders write into a caller's ``out`` array when given one, zeros included, so stale
+contents of a reused buffer never show through.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ import numpy as np
 from .. import bitpack
 from ..errors import MaskError, ShapeError
 from ..limits import DEFAULT_MAX_ELEMENTS, element_count
-from ._checks import FLOAT_DTYPES, INTEGER_DTYPES, bits_view, byte_mask, describe, require_dtype, require_rank
+from ._checks import (
+    FLOAT_DTYPES,
+    INTEGER_DTYPES,
+    bits_view,
+    byte_mask,
+    describe,
+    output_array,
+    require_dtype,
+    require_rank,
+)
 from ._simd import expand_bit_mask, expand_byte_mask, popcount64, vector_lanes
 
 __all__ = [
@@ -163,6 +175,7 @@ def sparse_to_dense_ios16(
     *,
     name: str = SPARSE_TO_DENSE,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode the iOS16 ``constexpr_sparse_to_dense`` op.
 
@@ -178,12 +191,18 @@ def sparse_to_dense_ios16(
         shape: the dense shape.
         name: op name, used in error messages.
         max_elements: largest allowed N.
+        out: optional C-contiguous, writeable array of dtype T and shape ``shape`` that
+            receives the output, zeros included, and is returned. Every check runs before
+            the first write, so a rejected call leaves ``out`` unchanged. An error while
+            decoding, such as MemoryError for a temporary array, can leave it partly written.
 
     Raises:
-        ShapeError: ``shape`` is missing or malformed, or ``mask`` has not ceil(N/8) bytes.
+        ShapeError: ``shape`` is missing or malformed, ``mask`` has not ceil(N/8) bytes, or
+            ``out`` is not a C-contiguous writeable array of the output shape that shares
+            no memory with the inputs.
         ElementLimitError: N exceeds ``max_elements``.
         MaskError: a padding bit is set, or the number of set bits is not D.
-        UnknownDtypeError: T or the mask dtype is not allowed.
+        UnknownDtypeError: T or the mask dtype is not allowed, or ``out`` is not of dtype T.
     """
     where = describe(SPARSE_TO_DENSE, name)
     nonzero_data = np.asarray(nonzero_data)
@@ -215,7 +234,8 @@ def sparse_to_dense_ios16(
             f"values; expected one value per set bit"
         )
 
-    out = np.empty(output_shape, dtype=nonzero_data.dtype)
+    inputs = {"nonzero_data": nonzero_data, "mask": mask}
+    out = output_array(out, nonzero_data.dtype, output_shape, inputs=inputs, where=where)
     values = bits_view(nonzero_data)
     _scatter_bit_mask(np.ascontiguousarray(mask), values, out.reshape(-1).view(values.dtype))
     return out
@@ -227,6 +247,7 @@ def sparse_to_dense_ios18(
     *,
     name: str = SPARSE_TO_DENSE,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode the iOS18 ``constexpr_sparse_to_dense`` op.
 
@@ -238,11 +259,21 @@ def sparse_to_dense_ios18(
 
     A rank-0 mask gives a rank-0 output, as coremltools accepts.
 
+    Args:
+        nonzero_data: the values at the set mask elements, in C order.
+        mask: one element per dense element.
+        name: op name, used in error messages.
+        max_elements: largest allowed element count of the mask.
+        out: optional C-contiguous, writeable array of dtype T and the shape of ``mask``
+            that receives the output, zeros included, and is returned. A rejected call
+            leaves it unchanged, as for :func:`sparse_to_dense_ios16`.
+
     Raises:
         MaskError: a mask element is not 0 or 1, or the mask has not D ones.
-        ShapeError: ``nonzero_data`` is not rank 1.
+        ShapeError: ``nonzero_data`` is not rank 1, or ``out`` is not a C-contiguous
+            writeable array of the mask shape that shares no memory with the inputs.
         ElementLimitError: the mask has more than ``max_elements`` elements.
-        UnknownDtypeError: T or the mask dtype is not allowed.
+        UnknownDtypeError: T or the mask dtype is not allowed, or ``out`` is not of dtype T.
     """
     where = describe(SPARSE_TO_DENSE, name)
     nonzero_data = np.asarray(nonzero_data)
@@ -252,6 +283,7 @@ def sparse_to_dense_ios18(
     element_count(mask.shape, name=f"{where}: mask", max_elements=max_elements)
     check_byte_mask(mask, nonzero_data.size, param="mask", values_param="nonzero_data", where=where)
 
-    out = np.empty(mask.shape, dtype=nonzero_data.dtype)
+    inputs = {"nonzero_data": nonzero_data, "mask": mask}
+    out = output_array(out, nonzero_data.dtype, mask.shape, inputs=inputs, where=where)
     scatter_byte_mask(mask, nonzero_data, out)
     return out
