@@ -44,6 +44,13 @@ def _stdout() -> Console:
     return Console(highlight=False, soft_wrap=True, width=width)
 
 
+def _check_writable_parent(path: str, option: str) -> None:
+    """Reject an output path whose directory does not exist, before any work is done."""
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: the directory {parent} does not exist")
+
+
 def _load(path: str):
     """Load a package, turning format errors into user errors."""
     from sparseblob.runtime.package import load
@@ -91,7 +98,7 @@ def inspect(package: str, as_json: bool) -> None:
 
     \b
     Example:
-      sparseblob inspect fixtures/formats/ios18_prune_50.mlpackage
+      sparseblob inspect fixtures/formats/ios18/prune_magnitude50.mlpackage
     """
     if str(package).endswith(".onnx"):
         _inspect_onnx(package)
@@ -144,8 +151,10 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, np.ndarray]:
             raise UserError(f"--input {pair!r}: expected NAME=FILE.npy")
         try:
             inputs[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as error:
+        except OSError as error:
             raise UserError(f"--input {name}: cannot read {file}: {error}") from error
+        except ValueError as error:
+            raise UserError(f"--input {name}: {file} is not a .npy array file") from error
     return inputs
 
 
@@ -161,7 +170,9 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, np.ndarray]:
 @click.option("--precision", type=click.Choice(["fp32", "fp64"]), default="fp32", show_default=True,
               help="Arithmetic precision of each op before rounding to the declared dtype.")
 @click.option("--function", default=None, help="The function to run; the default function when omitted.")
-@click.option("--trace", is_flag=True, help="Print each op's output shape, dtype, range and time.")
+@click.option("--trace", is_flag=True,
+              help="Print each op's output shape, dtype, range and time (.mlpackage only). The first "
+                   "run of a sparse kernel includes its compilation time.")
 def run(package, input_pairs, inputs_file, output, weights, precision, function, trace) -> None:
     """Run PACKAGE on numpy inputs and print or save the outputs.
 
@@ -171,6 +182,8 @@ def run(package, input_pairs, inputs_file, output, weights, precision, function,
     """
     from sparseblob.runtime.interpreter import run_with_trace
 
+    if output:
+        _check_writable_parent(output, "-o")
     inputs = {}
     if inputs_file:
         with np.load(inputs_file, allow_pickle=False) as archive:
@@ -185,6 +198,9 @@ def run(package, input_pairs, inputs_file, output, weights, precision, function,
             result = RunResult(run_onnx(package, inputs, weights=weights))
         except SparseblobError as error:
             raise UserError(f"{package}: {error}") from error
+        except Exception as error:
+            # onnx.reference raises its own types for inputs of the wrong dtype or rank.
+            raise UserError(f"{package}: the ONNX run failed: {type(error).__name__}: {error}") from error
     else:
         loaded = _load(package)
         try:
@@ -270,6 +286,20 @@ def encode(source, output, config_file, sparsity, n_m, block, threshold, axis, v
         pattern = "unstructured"
     if sum(option is not None for option in (n_m, block, threshold)) > 1:
         raise UserError("choose at most one of --n-m, --block and --threshold")
+    if sparsity is not None and (n_m is not None or threshold is not None):
+        raise UserError("--sparsity sets the target of unstructured or --block pruning; it cannot be combined with --n-m or --threshold")
+    if n_m is not None:
+        n, sep, m = n_m.partition(":")
+        if not (sep and n.isdigit() and m.isdigit() and 1 <= int(n) < int(m)):
+            raise UserError(f"--n-m {n_m}: expected N:M with 1 <= N < M, e.g. 2:4 (N zeros in every M weights)")
+    if config_file is None and not any(
+        option is not None for option in (sparsity, n_m, block, threshold, values, nbits, quantize_dtype)
+    ):
+        raise UserError("nothing to compress: give a pattern (--sparsity, --n-m, --block, --threshold), "
+                        "a value format (--palettize, --quantize, --values) or --config")
+    if str(source).endswith(".onnx") != str(output).endswith(".onnx"):
+        raise UserError(f"-o {output}: the output must have the input's format "
+                        f"({'an .onnx file' if str(source).endswith('.onnx') else 'an .mlpackage directory'})")
     if nbits is not None and quantize_dtype is not None:
         raise UserError("choose either --palettize or --quantize for the kept values, not both")
     value_format = "palettize" if nbits is not None else "quantize" if quantize_dtype is not None else values
@@ -312,7 +342,7 @@ def encode(source, output, config_file, sparsity, n_m, block, threshold, axis, v
         console.print(f"[yellow]skipped[/] {item.name}: {item.reason}")
     console.print(
         f"weight.bin {report.input_weight_bytes:,} -> {report.output_weight_bytes:,} bytes; "
-        f"{len(report.compressed)} weights compressed, {len(report.skipped)} skipped"
+        f"compressed {len(report.compressed)}, skipped {len(report.skipped)}"
     )
 
 
@@ -359,7 +389,7 @@ def _encode_onnx(source, output, options, config_file, overwrite, as_json) -> No
 
 
 @cli.command()
-@click.argument("package", type=click.Path(exists=True, file_okay=False))
+@click.argument("package", required=False, type=click.Path(exists=True))
 @click.option("--device", default="a17pro-ios18-ne", show_default=True, metavar="PROFILE",
               help="Device profile name (see --list-devices) or a profile JSON file.")
 @click.option("--compare", "other", type=click.Path(exists=True, file_okay=False),
@@ -386,6 +416,11 @@ def latency(package, device, other, as_json, plot, list_devices) -> None:
         for name in list_profiles():
             click.echo(name)
         return
+    if package is None:
+        raise UserError("latency needs a PACKAGE (or --list-devices)")
+    for path in (package, other):
+        if path is not None and not Path(path).is_dir():
+            raise UserError(f"{path}: latency reads .mlpackage directories only")
 
     try:
         loaded = _load(package)
@@ -505,14 +540,25 @@ def verify(package, reference, inputs_file, seed, expect, min_cosine, min_weight
       sparseblob verify pruned.mlpackage --inputs inputs.npz --json
       sparseblob verify model-sparse.onnx --reference model.onnx
     """
+    if junit:
+        _check_writable_parent(junit, "--junit")
     if str(package).endswith(".onnx"):
-        _verify_onnx(package, reference, inputs_file, seed, as_json, junit)
+        package_only = {
+            "--expect": bool(expect), "--min-cosine": min_cosine != 0.99,
+            "--min-weight-cosine": min_weight_cosine != 0.9, "--expected": expected_weights is not None,
+            "--expected-outputs": expected_outputs is not None, "--no-coremltools": no_coremltools,
+            "--no-run": no_run, "--junit": junit is not None,
+        }
+        used = [option for option, given in package_only.items() if given]
+        if used:
+            raise UserError(f"{', '.join(used)}: not supported for ONNX models, which are checked against onnxruntime's runs")
+        _verify_onnx(package, reference, inputs_file, seed, as_json)
         return
 
     from rich.progress import Progress
 
     from sparseblob.runtime.errors import OptionError
-    from sparseblob.verify.report import render_table, summary_line, to_json, write_junit
+    from sparseblob.verify.report import render_table, to_json, write_junit
     from sparseblob.verify.verify import verify_package
 
     console = _stdout()
@@ -539,18 +585,15 @@ def verify(package, reference, inputs_file, seed, expect, min_cosine, min_weight
         click.echo(json.dumps(to_json(report), indent=2, allow_nan=False))
     else:
         render_table(report, console)
-        console.print(summary_line(report))
     sys.exit(report.exit_code)
 
 
-def _verify_onnx(package, reference, inputs_file, seed, as_json, junit) -> None:
+def _verify_onnx(package, reference, inputs_file, seed, as_json) -> None:
     """Verify a compressed ONNX model against onnxruntime's runs; exit 1 when a check fails."""
     from sparseblob.verify.onnx_verify import verify_onnx
 
     if reference is None:
         raise UserError("verify MODEL.onnx needs --reference DENSE.onnx")
-    if junit:
-        raise UserError("--junit applies to .mlpackage input only")
     inputs = None
     if inputs_file:
         with np.load(inputs_file, allow_pickle=False) as archive:
@@ -559,6 +602,9 @@ def _verify_onnx(package, reference, inputs_file, seed, as_json, junit) -> None:
         report = verify_onnx(package, reference, inputs=inputs, seed=seed)
     except SparseblobError as error:
         raise UserError(str(error)) from error
+    except Exception as error:
+        # onnxruntime raises its own types for unreadable models and mismatched inputs.
+        raise UserError(f"{package}: the ONNX runs failed: {type(error).__name__}: {error}") from error
 
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -174,7 +174,7 @@ def test_latency_compare_prints_ratio():
 
 
 def test_latency_lists_devices():
-    result = sparseblob("latency", DENSE, "--list-devices")
+    result = sparseblob("latency", "--list-devices")
 
     assert result.returncode == 0
     assert "a17pro-ios18-ne" in result.stdout.split()
@@ -218,3 +218,36 @@ def test_onnx_encode_inspect_run_verify(tmp_path, magika_model):
 
 def test_onnx_verify_needs_reference(tmp_path, magika_model):
     assert_usage_error(sparseblob("verify", magika_model))
+
+
+def test_encode_needs_something_to_do(tmp_path):
+    result = sparseblob("encode", DENSE, "-o", tmp_path / "copy.mlpackage")
+
+    assert_usage_error(result)
+    assert not (tmp_path / "copy.mlpackage").exists()
+
+
+def test_encode_rejects_sparsity_with_n_m(tmp_path):
+    assert_usage_error(sparseblob("encode", DENSE, "-o", tmp_path / "x.mlpackage", "--sparsity", "0.5", "--n-m", "2:4"))
+
+
+def test_encode_rejects_format_mismatch(tmp_path):
+    assert_usage_error(sparseblob("encode", DENSE, "-o", tmp_path / "x.onnx", "--sparsity", "0.5"))
+
+
+def test_run_rejects_missing_output_directory(tmp_path):
+    result = sparseblob("run", MLP, "--inputs", MLP_INPUTS, "-o", tmp_path / "no" / "out.npz")
+
+    assert_usage_error(result)
+
+
+def test_verify_rejects_missing_junit_directory(tmp_path):
+    assert_usage_error(sparseblob("verify", PRUNED, "--no-run", "--junit", tmp_path / "no" / "v.xml"))
+
+
+def test_latency_rejects_onnx(magika_model):
+    assert_usage_error(sparseblob("latency", magika_model))
+
+
+def test_onnx_verify_rejects_package_options(magika_model):
+    assert_usage_error(sparseblob("verify", magika_model, "--reference", magika_model, "--expect", "2:4"))
