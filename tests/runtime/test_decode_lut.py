@@ -26,6 +26,8 @@ from sparseblob.runtime.errors import (
 )
 from sparseblob.verify.compare import assert_bits_equal
 
+from .test_decode_sparse import WRONG_BUFFERS, stale_buffer
+
 LUT_TYPES = {"int8": np.int8, "uint8": np.uint8, "fp16": np.float16, "fp32": np.float32}
 INDEX_BITS = (1, 2, 3, 4, 6, 8)
 IOS16_BITS = (1, 2, 4, 6, 8)
@@ -367,3 +369,80 @@ def test_lut_to_sparse_mask_value_two_is_rejected():
 
     with pytest.raises(MaskError, match=r"indices_mask contains 2 at index \[0, 0\]"):
         lut_to_sparse(mask, SPARSE_INDICES, np.zeros((1, 1, 2, 1), np.float16))
+
+
+# --- decoding into a caller's out array ------------------------------------------------------
+
+
+@given(lut_inputs())
+def test_ios18_out_matches_allocating_path(inputs):
+    indices, lut, vector_axis, nbits = inputs
+    expected = lut_to_dense_ios18(indices, lut, vector_axis, nbits=nbits)
+    out = stale_buffer(lut.dtype, expected.shape)
+
+    returned = lut_to_dense_ios18(indices, lut, vector_axis, nbits=nbits, out=out)
+
+    assert returned is out
+    assert_bits_equal(out, expected, "lut_to_dense")
+
+
+@given(
+    SHAPES,
+    st.sampled_from(IOS16_BITS),
+    st.sampled_from(sorted(LUT_TYPES)),
+    st.integers(0, 2**32 - 1),
+)
+def test_ios16_out_matches_allocating_path(shape, nbits, type_name, seed):
+    rng = np.random.default_rng(seed)
+    lut = finite_values(rng, LUT_TYPES[type_name], (2**nbits,))
+    packed = bitpack.pack_bits(rng.integers(0, 2**nbits, shape).astype(np.uint8), nbits)
+    shape_param = np.array(shape, dtype=np.uint32)
+    out = stale_buffer(lut.dtype, shape)
+
+    returned = lut_to_dense_ios16(packed, lut, shape_param, out=out)
+
+    assert returned is out
+    assert_bits_equal(out, lut_to_dense_ios16(packed, lut, shape_param), "lut_to_dense")
+
+
+def test_ios18_vector_out_has_the_expanded_shape():
+    indices = np.array([[0, 1], [1, 0]], np.uint8)
+    lut = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    out = np.full((2, 4), np.nan, np.float32)
+
+    lut_to_dense_ios18(indices, lut, vector_axis=1, out=out)
+
+    assert out.tolist() == [[0, 1, 2, 3], [2, 3, 0, 1]]
+
+
+@pytest.mark.parametrize("version", ["ios16", "ios18"])
+@pytest.mark.parametrize("wrong", sorted(WRONG_BUFFERS))
+def test_wrong_out_is_rejected(version, wrong):
+    make, error, pattern = WRONG_BUFFERS[wrong]
+    lut = np.linspace(-1, 1, 16).astype(np.float16)
+    codes = np.arange(12, dtype=np.uint8).reshape(3, 4)
+
+    with pytest.raises(error, match=f"constexpr_lut_to_dense 'w': {pattern}"):
+        if version == "ios16":
+            packed = bitpack.pack_bits(codes, 4)
+            lut_to_dense_ios16(packed, lut, np.array([3, 4], np.uint32), name="w", out=make(lut.dtype, (3, 4)))
+        else:
+            lut_to_dense_ios18(codes, lut.reshape(1, 1, 16, 1), name="w", out=make(lut.dtype, (3, 4)))
+
+
+def test_out_sharing_memory_with_lut_is_rejected():
+    lut = np.zeros((1, 16, 1), np.uint8)
+
+    with pytest.raises(ShapeError, match="out may share memory with lut"):
+        lut_to_dense_ios18(np.zeros(16, np.uint8), lut, out=lut.reshape(16))
+
+
+def test_index_beyond_palette_leaves_out_unchanged():
+    lut = np.zeros((1, 1, 4, 1), np.float32)
+    indices = np.array([[0, 4]], np.uint8)
+    out = stale_buffer(np.float32, (1, 2))
+
+    with pytest.raises(ParameterShapeError):
+        lut_to_dense_ios18(indices, lut, out=out)
+
+    assert_bits_equal(out, stale_buffer(np.float32, (1, 2)), "out")

@@ -28,6 +28,8 @@ from sparseblob.runtime.errors import (
 )
 from sparseblob.verify.compare import assert_bits_equal, assert_close
 
+from .test_decode_sparse import WRONG_BUFFERS, stale_buffer
+
 CONTAINERS = {
     "int4": np.int8,
     "uint4": np.uint8,
@@ -345,3 +347,84 @@ def test_sparse_blockwise_popcount_mismatch_is_rejected():
 def test_sparse_blockwise_scale_must_divide_mask():
     with pytest.raises(ParameterShapeError, match="scale has 3 blocks along axis 0 .* data_mask dimension 2"):
         sparse_blockwise_shift_scale(np.ones((2, 2), np.uint8), np.zeros(4, np.int8), np.ones((3, 1), np.float16))
+
+
+# --- decoding into a caller's out array ------------------------------------------------------
+
+
+@given(shift_scale_inputs())
+def test_blockwise_out_matches_allocating_path(inputs):
+    data, scale, offset = inputs
+    out = stale_buffer(scale.dtype, data.shape)
+
+    with np.errstate(all="ignore"):
+        returned = blockwise_shift_scale(data, scale, offset, out=out)
+        expected = blockwise_shift_scale(data, scale, offset)
+
+    assert returned is out
+    assert_bits_equal(out, expected, "blockwise_shift_scale")
+
+
+@given(affine_inputs())
+def test_affine_out_matches_allocating_path(inputs):
+    data, zero_point, scale, axis = inputs
+    out = stale_buffer(scale.dtype, data.shape)
+
+    returned = affine_dequantize(data, zero_point, scale, axis, out=out)
+
+    assert returned is out
+    assert_bits_equal(out, affine_dequantize(data, zero_point, scale, axis), "affine_dequantize")
+
+
+@pytest.mark.parametrize("source", [np.int8, np.float16, np.float32])
+def test_blockwise_long_row_out_overwrites_nan(source):
+    data = np.arange(-100, 100, dtype=source).reshape(2, 100)
+    scale = np.array([[0.5], [2.0]], np.float16)
+    out = np.full((2, 100), np.nan, np.float16)
+
+    blockwise_shift_scale(data, scale, out=out)
+
+    assert_bits_equal(out, (data.astype(np.float32) * scale.astype(np.float32)).astype(np.float16), "out")
+
+
+OPS = {
+    "blockwise_shift_scale": (
+        "constexpr_blockwise_shift_scale",
+        lambda out: blockwise_shift_scale(
+            np.arange(15, dtype=np.int8).reshape(3, 5), np.ones((3, 1), np.float16), name="w", out=out
+        ),
+    ),
+    "affine_dequantize": (
+        "constexpr_affine_dequantize",
+        lambda out: affine_dequantize(
+            np.arange(15, dtype=np.int8).reshape(3, 5), np.int8(1), np.ones(3, np.float16), 0, name="w", out=out
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+@pytest.mark.parametrize("wrong", sorted(WRONG_BUFFERS))
+def test_wrong_out_is_rejected(op, wrong):
+    make, error, pattern = WRONG_BUFFERS[wrong]
+    op_type, decode = OPS[op]
+
+    with pytest.raises(error, match=f"{op_type} 'w': {pattern}"):
+        decode(make(np.float16, (3, 5)))
+
+
+def test_out_sharing_memory_with_data_is_rejected():
+    data = np.ones((2, 8), np.float32)
+
+    with pytest.raises(ShapeError, match="out may share memory with data"):
+        blockwise_shift_scale(data, np.ones((2, 1), np.float32), out=data)
+
+
+def test_non_finite_scale_leaves_out_unchanged():
+    scale = np.array([[1.0], [np.inf]], np.float32)
+    out = stale_buffer(np.float32, (2, 4))
+
+    with pytest.raises(NonFiniteError):
+        blockwise_shift_scale(np.ones((2, 4), np.int8), scale, out=out)
+
+    assert_bits_equal(out, stale_buffer(np.float32, (2, 4)), "out")

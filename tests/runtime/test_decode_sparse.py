@@ -285,3 +285,138 @@ def test_values_of_rank_two_are_rejected():
 def test_ios16_mask_of_wrong_dtype_is_rejected():
     with pytest.raises(UnknownDtypeError, match="mask has dtype int8"):
         sparse_to_dense_ios16(np.ones(1, np.float16), np.ones(1, np.int8), np.array([1], np.uint32))
+
+
+# --- decoding into a caller's out array ------------------------------------------------------
+
+
+def stale_buffer(dtype, shape) -> np.ndarray:
+    """Return an array with every byte 0xFF: NaN for fp16 and fp32, -1 or 255 for integers."""
+    buffer = np.empty(shape, dtype=dtype)
+    buffer.reshape(-1).view(np.uint8)[:] = 0xFF
+    return buffer
+
+
+def read_only(dtype, shape) -> np.ndarray:
+    buffer = np.zeros(shape, dtype=dtype)
+    buffer.flags.writeable = False
+    return buffer
+
+
+def other_dtype(dtype) -> np.dtype:
+    return np.dtype(np.float32) if np.dtype(dtype) != np.float32 else np.dtype(np.float16)
+
+
+# Buffers that no decoder may write into: (make(dtype, shape), error class, message pattern).
+# Every output shape here has rank 1 or more.
+WRONG_BUFFERS = {
+    "dtype": (lambda dtype, shape: np.zeros(shape, other_dtype(dtype)), UnknownDtypeError, "out has dtype"),
+    "byte order": (
+        lambda dtype, shape: np.zeros(shape, np.dtype(dtype).newbyteorder(">")),
+        UnknownDtypeError,
+        "out has dtype",
+    ),
+    "shape": (lambda dtype, shape: np.zeros(shape + (1,), dtype), ShapeError, "out has shape"),
+    "size": (lambda dtype, shape: np.zeros(int(np.prod(shape)) + 1, dtype), ShapeError, "out has shape"),
+    "strided": (
+        lambda dtype, shape: np.zeros(shape[:-1] + (2 * shape[-1],), dtype)[..., ::2],
+        ShapeError,
+        "out is not C-contiguous",
+    ),
+    "read-only": (read_only, ShapeError, "out is read-only"),
+    "list": (lambda dtype, shape: np.zeros(shape, dtype).tolist(), ShapeError, "out is a list"),
+}
+
+
+@given(sparse_inputs())
+def test_ios18_out_matches_allocating_path(inputs):
+    nonzero_data, mask = inputs
+    out = stale_buffer(nonzero_data.dtype, mask.shape)
+
+    returned = sparse_to_dense_ios18(nonzero_data, mask, out=out)
+
+    assert returned is out
+    assert_bits_equal(out, sparse_to_dense_ios18(nonzero_data, mask), "sparse_to_dense")
+
+
+@given(sparse_inputs(types=IOS16_TYPES))
+def test_ios16_out_matches_allocating_path(inputs):
+    nonzero_data, mask = inputs
+    shape = np.array(mask.shape, dtype=np.uint32)
+    out = stale_buffer(nonzero_data.dtype, mask.shape)
+
+    returned = sparse_to_dense_ios16(nonzero_data, pack(mask), shape, out=out)
+
+    assert returned is out
+    assert_bits_equal(out, sparse_to_dense_ios16(nonzero_data, pack(mask), shape), "sparse_to_dense")
+
+
+def test_out_overwrites_nan_with_zeros():
+    mask = np.zeros((2, 70), dtype=np.uint8)
+    mask[1, 3] = 1
+    out = np.full((2, 70), np.nan, dtype=np.float32)
+
+    sparse_to_dense_ios18(np.array([2.5], np.float32), mask, out=out)
+
+    assert np.count_nonzero(out) == 1
+    assert out[1, 3] == 2.5
+
+
+def test_ios18_rank0_out_is_filled():
+    out = np.full((), np.nan, dtype=np.float16)
+
+    returned = sparse_to_dense_ios18(np.zeros(0, np.float16), np.zeros((), np.uint8), out=out)
+
+    assert returned is out
+    assert out == 0
+
+
+@pytest.mark.parametrize("version", ["ios16", "ios18"])
+@pytest.mark.parametrize("wrong", sorted(WRONG_BUFFERS))
+def test_wrong_out_is_rejected(version, wrong):
+    make, error, pattern = WRONG_BUFFERS[wrong]
+    mask = np.zeros((3, 5), dtype=np.uint8)
+    mask[0, 1] = mask[2, 4] = 1
+    values = np.array([1.5, -2.0], np.float16)
+
+    with pytest.raises(error, match=f"constexpr_sparse_to_dense 'w': {pattern}"):
+        if version == "ios16":
+            sparse_to_dense_ios16(values, pack(mask), np.array([3, 5], np.uint32), name="w", out=make(values.dtype, (3, 5)))
+        else:
+            sparse_to_dense_ios18(values, mask, name="w", out=make(values.dtype, (3, 5)))
+
+
+def test_wrong_out_dtype_message_names_both_dtypes():
+    with pytest.raises(UnknownDtypeError, match=r"out has dtype fp32 \(<f4\); expected fp16 \(<f2\)"):
+        sparse_to_dense_ios18(np.ones(1, np.float16), np.ones((1, 1), np.uint8), out=np.zeros((1, 1), np.float32))
+
+
+def test_wrong_out_shape_message_names_both_shapes():
+    with pytest.raises(ShapeError, match=r"out has shape \[3, 2\]; expected \[2, 3\], the output shape"):
+        sparse_to_dense_ios18(np.zeros(0, np.int8), np.zeros((2, 3), np.uint8), out=np.zeros((3, 2), np.int8))
+
+
+def test_out_sharing_memory_with_values_is_rejected():
+    storage = np.zeros(16, dtype=np.float16)
+    values, out = storage[:4], storage.reshape(4, 4)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:, 0] = 1
+
+    with pytest.raises(ShapeError, match="out may share memory with nonzero_data"):
+        sparse_to_dense_ios18(values, mask, out=out)
+
+
+def test_invalid_mask_leaves_out_unchanged():
+    mask = np.zeros((2, 50), dtype=np.uint8)
+    mask[1, 7] = 2
+    out = stale_buffer(np.float16, mask.shape)
+
+    with pytest.raises(MaskError):
+        sparse_to_dense_ios18(np.ones(1, np.float16), mask, out=out)
+
+    assert_bits_equal(out, stale_buffer(np.float16, mask.shape), "out")
+
+
+def test_wrong_out_is_checked_after_the_inputs():
+    with pytest.raises(MaskError, match="mask has 1 set bits, but nonzero_data has 2 values"):
+        sparse_to_dense_ios18(np.ones(2, np.float16), np.ones((1, 1), np.uint8), out=np.zeros(5, np.int8))
