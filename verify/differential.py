@@ -14,11 +14,14 @@ structure checks, the expected arrays and the comparison with a reference packag
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from pathlib import Path
 
 import numpy as np
 
@@ -67,6 +70,13 @@ def _plain(value) -> np.ndarray:
     return array.view(np.dtype(array.dtype.str))
 
 
+def _model_file(package: Path) -> Path:
+    """Return the model protobuf that the package's Manifest.json names as its root model."""
+    manifest = json.loads((package / "Manifest.json").read_text())
+    entry = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+    return package / "Data" / entry["path"]
+
+
 def coremltools_values(path: str | os.PathLike) -> CoremltoolsValues:
     """Decompress every constexpr op of a package with coremltools.
 
@@ -77,8 +87,8 @@ def coremltools_values(path: str | os.PathLike) -> CoremltoolsValues:
         The values of every function, or an empty result with :attr:`CoremltoolsValues.error`
         set when coremltools rejects the package.
     """
-    import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+    from coremltools.proto import Model_pb2
     from coremltools.optimize.coreml._quantization_passes import WeightDecompressor
 
     outputs: dict[str, dict[str, np.ndarray]] = {}
@@ -86,9 +96,12 @@ def coremltools_values(path: str | os.PathLike) -> CoremltoolsValues:
         with warnings.catch_warnings():
             # coremltools warns about untested torch versions and deprecated APIs while loading.
             warnings.simplefilter("ignore")
-            model = ct.models.MLModel(str(path), skip_model_load=True)
-            spec = model.get_spec()
-            program = milproto_load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
+            # coremltools' MLModel opens the package for writing and rewrites its Manifest.json,
+            # so the spec is read here and the user's package is never touched.
+            model_file = _model_file(Path(path))
+            spec = Model_pb2.Model()
+            spec.ParseFromString(model_file.read_bytes())
+            program = milproto_load(spec, spec.specificationVersion, file_weights_dir=str(model_file.parent / "weights"))
             constexpr_outputs = {
                 name: {out.name for op in function.operations if op.op_type.startswith("constexpr_") for out in op.outputs}
                 for name, function in program.functions.items()

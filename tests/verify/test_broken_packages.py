@@ -299,3 +299,18 @@ def test_wrong_op_caught_only_by_expected_outputs(monkeypatch):
     assert _row(report, "sparse_vs_dense", "y").status is Status.PASS
     assert _row(report, "reference_output", "y").status is Status.PASS
     assert _row(report, "expected_output", "y").status is Status.FAIL
+
+
+def test_verify_leaves_the_package_untouched(tmp_path):
+    import shutil
+
+    from tests.conftest import FIXTURES
+
+    package = tmp_path / "checked.mlpackage"
+    shutil.copytree(FIXTURES / "formats/ios18/joint_prune50_palettize4.mlpackage", package)
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in package.rglob("*") if path.is_file()}
+
+    verify_package(package, run_model=False)
+
+    after = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in package.rglob("*") if path.is_file()}
+    assert after == before
