@@ -225,6 +225,8 @@ def compress_package(
         plans = _plan_package(package, config)
         report = CompressionReport(in_path, out_path, package.specification_version)
         temp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
+        # mkdtemp creates the directory with mode 0700; the package gets the usual umask mode.
+        temp.chmod(0o777 & ~_current_umask())
         try:
             _write_package(package, plans, temp, report)
         except BaseException:
@@ -240,6 +242,12 @@ def compress_package(
         report.input_weight_bytes, report.output_weight_bytes,
     )
     return report
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_output(in_path: Path, out_path: Path, overwrite: bool) -> None:

@@ -862,6 +862,10 @@ def save_model_atomic(model: onnx.ModelProto, out_path: str | os.PathLike, *, si
     placed: Path | None = None
     try:
         onnx.save_model(model, os.fspath(work / out_path.name))
+        # Files written inside the private temporary directory get the usual umask mode.
+        mode = 0o666 & ~_current_umask()
+        for written in work.iterdir():
+            written.chmod(mode)
         data_file = work / data_name
         if data_file.exists():
             placed = out_path.parent / data_name
@@ -874,6 +878,12 @@ def save_model_atomic(model: onnx.ModelProto, out_path: str | os.PathLike, *, si
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _shape_inputs(model: onnx.ModelProto) -> set[str]:
