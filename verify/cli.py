@@ -463,6 +463,7 @@ def latency(package, device, other, as_json, plot, list_devices) -> None:
     reasons = sorted({reason for layer in prediction.layers for reason in layer.reasons})
     for reason in reasons:
         console.print(f"[yellow]extrapolated:[/] {reason}")
+    console.print(f"per-prediction dispatch {prediction.dispatch_ms:.4f} ms (not in the layer rows)")
     console.print(
         f"total {prediction.total_ms:.4f} ms (dense fp16 equivalent {prediction.dense_ms:.4f} ms, "
         f"ratio {prediction.ratio_to_dense:.3f})"
