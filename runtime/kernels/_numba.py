@@ -25,6 +25,8 @@ from numba import njit, prange
 
 from ._simd import (
     LANES,
+    prefetch,
+    vexpand_f16_pair,
     half_to_float,
     popcount,
     round_to_half,
@@ -122,6 +124,12 @@ def _group_vector(mode, data16, data32, codes, table, width, scale, offset, roun
     return _vector(mode, data16, data32, codes, p, table_vector, table, g * width, offset_vector, scale_vector, rounding)
 
 
+# Software prefetch distance in bytes of fp16 values. On the benchmark machine (Zen 4) it cut
+# the single-thread time of a 4096x11008 fp16 layer streamed from memory by a quarter. In the
+# one-step loop of the other formats the extra instructions cost more than they saved.
+_PREFETCH_BYTES = 2048
+
+
 @njit(cache=False, inline="always")
 def _low_lanes(count):
     """Mask with the low ``count`` of 16 bits set."""
@@ -159,6 +167,41 @@ def bitmask_gemv(
             acc2 = acc1
             acc1 = acc0
             acc0 = updated
+        y[r] = vhsum(vadd(vadd(acc0, acc1), vadd(acc2, acc3)))
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=False)
+def bitmask_gemv_fp16(chunk_masks, row_start, n_chunks, data16, x, y):
+    """``y[r] = sum_c W[r, c] * x[c]`` for fp16 values (AVX-512 VBMI2).
+
+    One vpexpandw expands the values of two 16-column steps, and the values are prefetched
+    :data:`_PREFETCH_BYTES` ahead. ``data16`` needs 32 spare entries.
+    """
+    rows = row_start.size - 1
+    for r in prange(rows):
+        p = row_start[r]
+        row_masks = chunk_masks[r * n_chunks : (r + 1) * n_chunks]
+        acc0 = vzero()
+        acc1 = vzero()
+        acc2 = vzero()
+        acc3 = vzero()
+        for pair in range(n_chunks // 2):
+            k = 2 * pair
+            if pair % 2 == 0:
+                prefetch(data16, p + _PREFETCH_BYTES // 2)
+            mask = np.uint32(row_masks[k]) | (np.uint32(row_masks[k + 1]) << np.uint32(16))
+            low, high = vexpand_f16_pair(data16, p, mask)
+            p += popcount(mask)
+            updated0 = vfma(low, vload(x, k * LANES), acc2)
+            updated1 = vfma(high, vload(x, k * LANES + LANES), acc3)
+            acc2 = acc0
+            acc3 = acc1
+            acc0 = updated0
+            acc1 = updated1
+        if n_chunks % 2 == 1:
+            k = n_chunks - 1
+            mask = row_masks[k]
+            acc0 = vfma(vexpand(vload_f16(data16, p), mask), vload(x, k * LANES), acc0)
         y[r] = vhsum(vadd(vadd(acc0, acc1), vadd(acc2, acc3)))
 
 

@@ -56,6 +56,9 @@ __all__ = [
     "vload_indexed",
     "vstore_folded",
     "vstore_pieces",
+    "vexpand_f16_pair",
+    "prefetch",
+    "EXPAND_WORDS",
     "popcount",
     "trailing_zeros",
     "half_to_float",
@@ -82,6 +85,17 @@ def _host_has_avx512() -> bool:
 
 AVAILABLE: bool = _host_has_avx512() and not _DISABLED
 logger.debug("AVX-512 sparse kernels %s", "enabled" if AVAILABLE else "disabled")
+
+
+def _host_has(feature: str) -> bool:
+    try:
+        return bool(llvm_binding.get_host_cpu_features().get(feature, False))
+    except RuntimeError:
+        return False
+
+
+# AVX-512 VBMI2 adds vpexpandw, which expands 32 fp16 values (two 16-column steps) at once.
+EXPAND_WORDS: bool = AVAILABLE and _host_has("avx512vbmi2")
 
 
 _F32 = ir.FloatType()
@@ -518,6 +532,53 @@ def vstore_pieces(typingctx, array, base, stride, starts, first, count, width, v
         return context.get_dummy_value()
 
     return types.void(array, types.intp, types.intp, starts, types.intp, types.intp, width, f32x16), codegen
+
+
+@intrinsic
+def vexpand_f16_pair(typingctx, array, index, mask):
+    """Expand 32 fp16 values (uint16 bits) from ``array[index:]`` to the set bits of a 32-bit
+    ``mask`` and widen them to fp32: returns lanes 0-15 and lanes 16-31 (AVX-512 VBMI2)."""
+    if not _check_array(array, types.uint16) or not isinstance(mask, types.Integer):
+        return None
+    pair = types.UniTuple(f32x16, 2)
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], _vec(_I16, 32))
+        bits = builder.load(pointer, align=2)
+        mask_value = args[2]
+        if mask_value.type.width > 32:
+            mask_value = builder.trunc(mask_value, _I32)
+        elif mask_value.type.width < 32:
+            mask_value = builder.zext(mask_value, _I32)
+        lanes = builder.bitcast(mask_value, _vec(_I1, 32))
+        expand = _declare(
+            builder, "llvm.x86.avx512.mask.expand.v32i16", _vec(_I16, 32), [_vec(_I16, 32), _vec(_I16, 32), _vec(_I1, 32)]
+        )
+        expanded = builder.call(expand, [bits, ir.Constant(_vec(_I16, 32), [ir.Constant(_I16, 0)] * 32), lanes])
+        halves = []
+        for start in (0, LANES):
+            half = builder.shuffle_vector(expanded, expanded, ir.Constant(_vec(_I32), list(range(start, start + LANES))))
+            halves.append(builder.fpext(builder.bitcast(half, _vec(_F16)), _vec(_F32)))
+        return context.make_tuple(builder, signature.return_type, halves)
+
+    return pair(array, types.intp, mask), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint the CPU to load the cache line of ``array[index]`` (no effect on results)."""
+    if not isinstance(array, types.Array) or array.ndim != 1:
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        byte_pointer = builder.bitcast(pointer, _I8.as_pointer())
+        function = _declare(builder, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
+        # Read access, high temporal locality, data cache.
+        builder.call(function, [byte_pointer, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen
 
 
 @intrinsic

@@ -63,6 +63,7 @@ __all__ = [
     "ROUND_PRODUCT",
     "ROUND_SHIFT",
     "LANES",
+    "SPARE",
     "GroupMap",
     "Payload",
     "CompressedWeight",
@@ -97,9 +98,11 @@ ROUND_SHIFT = 2
 
 _MODE_NAMES = {FLOAT16: "fp16", FLOAT32: "fp32", LUT16: "lut", LUT: "lut", AFFINE_UINT8: "uint8", AFFINE_INT8: "int8"}
 
-# Vector loads read 16 elements past any start position, so every payload array ends with 16
-# spare elements and every column range is padded to a multiple of 16.
+# Vector loads read 16 elements past any start position (32 for paired fp16 steps), so every
+# payload and index array ends with SPARE spare elements and every column range is padded to a
+# multiple of 16.
 LANES = 16
+SPARE = 2 * LANES
 
 _FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 _CODE_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))
@@ -118,14 +121,14 @@ class Payload:
     """Stored nonzero values and the tables needed to decode them.
 
     The element arrays list one entry per stored value, in the order of the layout that stores
-    them, and end with :data:`LANES` spare entries. Only the array of the active ``mode`` is
-    non-empty; the others have length :data:`LANES` so kernels can take every argument.
+    them, and end with :data:`SPARE` spare entries. Only the array of the active ``mode`` is
+    non-empty; the others have length :data:`SPARE` so kernels can take every argument.
 
     Attributes:
         mode: one of FLOAT16, FLOAT32, LUT16, LUT, AFFINE_UINT8, AFFINE_INT8.
-        data16: ``tensor<uint16, [n + 16]>``, fp16 bits (FLOAT16).
-        data32: ``tensor<fp32, [n + 16]>`` (FLOAT32).
-        codes: ``tensor<uint8, [n + 16]>``, palette indices or quantized codes (int8 codes are
+        data16: ``tensor<uint16, [n + 32]>``, fp16 bits (FLOAT16).
+        data32: ``tensor<fp32, [n + 32]>`` (FLOAT32).
+        codes: ``tensor<uint8, [n + 32]>``, palette indices or quantized codes (int8 codes are
             stored as their two's-complement bytes).
         table: ``tensor<fp32, [groups * width]>``, LUT entries per group (LUT modes).
         width: entries per LUT group in ``table`` (16 for LUT16).
@@ -186,13 +189,13 @@ class Payload:
 
 
 def _padded(array: np.ndarray, dtype) -> np.ndarray:
-    out = np.zeros(array.size + LANES, dtype=dtype)
+    out = np.zeros(array.size + SPARE, dtype=dtype)
     out[: array.size] = array
     return out
 
 
 def _empty(dtype) -> np.ndarray:
-    return np.zeros(LANES, dtype=dtype)
+    return np.zeros(SPARE, dtype=dtype)
 
 
 def _payload_from_elements(template: Payload, elements: np.ndarray) -> Payload:
@@ -520,7 +523,7 @@ class BitmaskWeight(CompressedWeight):
 
     @cached_property
     def value_columns(self) -> np.ndarray:
-        """Kernel column of each stored value, ``tensor<uint16 or int32, [nnz + 16]>``.
+        """Kernel column of each stored value, ``tensor<uint16 or int32, [nnz + 32]>``.
 
         uint16 when every column index fits in it. Built on first use, for the kernel that
         walks the stored values instead of the mask.
@@ -538,8 +541,8 @@ class RowBlockWeight(CompressedWeight):
 
     Attributes (besides :class:`CompressedWeight`'s):
         block: rows per block ``b``; the last block may be partial.
-        kept_columns: ``tensor<int32, [n_kept + 16]>``, the kept columns of each row block, in
-            increasing order, followed by 16 zeros.
+        kept_columns: ``tensor<int32, [n_kept + 32]>``, the kept columns of each row block, in
+            increasing order, followed by 32 zeros.
         block_start: ``tensor<int64, [n_row_blocks + 1]>``; row block i keeps
             ``kept_columns[block_start[i]:block_start[i + 1]]``.
         Value ``payload[b * j + i]`` belongs to row ``i`` of the block and to kept entry j.
@@ -577,8 +580,8 @@ class ColumnBlockWeight(CompressedWeight):
 
     Attributes (besides :class:`CompressedWeight`'s):
         block: columns per block ``b``.
-        block_columns: ``tensor<int32, [n_kept + 16]>``, the first column of each kept block of
-            each row, in increasing order, followed by 16 zeros.
+        block_columns: ``tensor<int32, [n_kept + 32]>``, the first column of each kept block of
+            each row, in increasing order, followed by 32 zeros.
         row_start: ``tensor<int64, [rows + 1]>``; row r keeps
             ``block_columns[row_start[r]:row_start[r + 1]]``.
         Value ``payload[b * j + i]`` is column ``block_columns[j] + i``. A block that runs past

@@ -32,6 +32,7 @@ from ..errors import ShapeError, UnsupportedOpError
 from . import _numba, _simd
 from .formats import (
     AFFINE_UINT8,
+    FLOAT16,
     LANES,
     LUT,
     BitmaskWeight,
@@ -186,6 +187,8 @@ def _sparse(weight: CompressedWeight, args: _KernelArgs, x2: np.ndarray) -> np.n
             weight.value_columns, weight.row_start, groups.row_group, *args.values,
             xp.reshape(-1), x_stride, out.reshape(-1), padded_rows,
         )  # fmt: skip
+    elif isinstance(weight, BitmaskWeight) and weight.payload.mode == FLOAT16 and _simd.EXPAND_WORDS:
+        _numba.bitmask_gemv_fp16(weight.chunk_masks, weight.row_start, weight.n_chunks, weight.payload.data16, xp[0], out[0])
     elif isinstance(weight, BitmaskWeight):
         _numba.bitmask_gemv(
             weight.chunk_masks, weight.row_start, weight.n_chunks, groups.row_group, args.chunk_group,
