@@ -8,7 +8,7 @@ the kernels use: loads with fp16 or integer conversion, mask expansion, table pe
 fused multiply-add and horizontal sum.
 
 The vector intrinsics use x86 AVX-512 LLVM intrinsics (``llvm.x86.avx512.*``), so they compile
-only on a host with AVX-512F. :data:`AVAILABLE` tells whether they can be used. Callers must
+only on a host with AVX-512F. :data:`AVAILABLE` is True when they can be used. Callers must
 check it and use the portable kernels otherwise. The scalar intrinsics at the end of the module
 (:func:`popcount`, :func:`trailing_zeros`, :func:`half_to_float`, :func:`round_to_half`) emit
 target-independent LLVM IR and compile everywhere. Loads read 16 consecutive elements and do not check

@@ -8,8 +8,8 @@ AVX-512 streaming kernels can run the weight on this host:
    ``"dense"``. The portable decoder is 1.4 to 10 times slower than dense BLAS.
 2. One token: ``"sparse"``. The streaming kernel reads less than the fp32 weight at any density.
 3. A few tokens: ``"sparse"`` while the streaming kernel still wins. The bitmask layout decodes
-   each 16-column step once per 4 tokens and wins up to 8 tokens. The block layouts run once per
-   token and win while ``tokens * density <= 2``.
+   each 16-column step once per 4 tokens and wins up to 8 tokens. The block layouts decode once
+   per token and win while ``tokens * density <= 4``.
 4. More tokens: ``"tiled"``. Decoding 4 MiB tiles and multiplying them with BLAS costs about the
    same as dense BLAS (0.7 to 1.05 times), without keeping the dense weight in memory.
 
@@ -48,7 +48,7 @@ BITMASK_MAX_TOKENS = 8
 
 # The block streaming kernels run once per token; they win while tokens * density stays at
 # or below this value.
-BLOCK_MAX_TOKENS_TIMES_DENSITY = 2.0
+BLOCK_MAX_TOKENS_TIMES_DENSITY = 4.0
 
 
 def choose_strategy(weight: CompressedWeight, tokens: int) -> Strategy:

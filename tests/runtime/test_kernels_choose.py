@@ -34,9 +34,9 @@ def _exact_weight(pattern, density):
         (None, 0.5, 9, "tiled"),
         (None, 0.125, 64, "tiled"),
         (Blocks(4, 0), 0.5, 1, "sparse"),
-        (Blocks(4, 0), 0.5, 4, "sparse"),
-        (Blocks(4, 0), 0.5, 5, "tiled"),
-        (Blocks(4, 0), 0.125, 16, "sparse"),
+        (Blocks(4, 0), 0.5, 8, "sparse"),
+        (Blocks(4, 0), 0.5, 9, "tiled"),
+        (Blocks(4, 0), 0.125, 32, "sparse"),
         (Blocks(4, 1), 0.5, 64, "tiled"),
     ],
 )
