@@ -5,32 +5,34 @@
 AVX-512 streaming kernels can run the weight on this host:
 
 1. No streaming kernel (no AVX-512, or a LUT/scale grouping the kernels do not handle):
-   ``"dense"``. The portable decoder is 1.4 to 10 times slower than dense BLAS.
+   ``"dense"``. The portable decoder plus BLAS took 1.4 to 10 times as long as dense BLAS.
 2. One token: ``"sparse"``. The streaming kernel reads less than the fp32 weight at any density.
 3. A few tokens: ``"sparse"`` while the streaming kernel still wins. The bitmask layout decodes
    each 16-column step once per 4 tokens and wins up to 8 tokens. The block layouts decode once
    per token and win while ``tokens * density <= 4``.
-4. More tokens: ``"tiled"``. Decoding 4 MiB tiles and multiplying them with BLAS costs about the
-   same as dense BLAS (0.7 to 1.05 times), without keeping the dense weight in memory.
+4. More tokens: ``"tiled"``. Decoding 16 MiB tiles and multiplying them with BLAS costs 1.0 to
+   1.25 times dense BLAS, without keeping the dense weight in memory.
 
-Measured with ``bench/bench_kernels.py`` and a token sweep on a 2-core AMD EPYC (Zen 4,
-AVX-512) VM shared with other jobs, one thread each for BLAS and numba, weight 4096x4096,
-OpenBLAS 0.3.31 (SkylakeX kernel). Time over the faster dense orientation:
+Measured with one thread each for BLAS and numba (``bench/bench_kernels.py --threads 1`` and a
+token sweep) on a 2-core AMD EPYC (Zen 4, AVX-512) VM, OpenBLAS 0.3.31 with its SkylakeX
+kernel, weight 4096x4096. Time over the faster dense orientation, ``s`` for the streaming
+kernel and ``t`` for tiles with BLAS, the faster one shown:
 
 =====================  ======  ======  ======  ======  ======  ======
 layout, density        T=1     T=2     T=4     T=8     T=16    T=64
 =====================  ======  ======  ======  ======  ======  ======
-bitmask 50 %, fp16     0.81 s  0.46 s  0.48 s  0.66 s  0.78 t  0.95 t
-bitmask 50 %, lut4     0.62 s  0.43 s  0.38 s  0.58 s  0.78 t  0.94 t
-bitmask 10 %, fp16     0.22 s  0.38 s  0.36 s  0.54 s  0.77 t  0.95 t
-row blocks 50 %, fp16  0.57 s  0.38 s  0.73 s  0.99 t  1.42 t  0.88 t
-row blocks 10 %, fp16  0.17 s  0.10 s  0.15 s  0.20 s  0.33 s  0.97 t
-col blocks 50 %, lut4  0.43 s  0.28 s  0.50 s  0.75 t  0.78 t  0.98 t
+bitmask 50 %, fp16     0.55 s  0.56 s  0.47 s  0.67 s  0.97 t  1.07 t
+bitmask 50 %, lut4     0.57 s  0.43 s  0.38 s  0.58 s  0.96 s  1.05 t
+bitmask 10 %, fp16     0.26 s  0.19 s  0.30 s  0.56 s  0.93 s  1.04 t
+row blocks 50 %, fp16  0.60 s  0.39 s  0.53 s  0.82 s  1.22 t  1.10 t
+row blocks 10 %, fp16  0.18 s  0.11 s  0.16 s  0.20 s  0.33 s  1.07 t
+col blocks 50 %, lut4  0.47 s  0.33 s  0.49 s  0.76 s  1.04 t  1.08 t
 =====================  ======  ======  ======  ======  ======  ======
 
-(``s`` streaming kernel, ``t`` tiles with BLAS.) The bench script prints the full tables,
-with two threads as well; on a loaded 2-core machine the two-thread timings vary by a factor
-of ten between runs, so the rule rests on the one-thread sweep.
+The two-thread timings on the same VM, which other jobs share, varied by up to ten times
+between runs, so the rule rests on the one-thread measurements. A likely cause, not verified:
+OpenBLAS worker threads spin after a call and can hold a core for a scheduler time slice while
+a numba kernel waits for its second thread.
 """
 
 from __future__ import annotations

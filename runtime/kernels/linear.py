@@ -262,8 +262,8 @@ def _single_thread():
     """Run numba parallel loops on the calling thread only.
 
     The tiled strategy alternates decoding and BLAS calls. Waking numba's worker threads
-    between BLAS calls makes the two thread pools compete for the cores: on a 2-core VM a call
-    took 10 to 100 times longer than with the decode on one thread.
+    between BLAS calls makes the two thread pools compete for the cores. On the 2-core
+    benchmark VM, shared with other jobs, a tiled call took several times longer that way.
     """
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
