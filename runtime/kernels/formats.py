@@ -564,15 +564,15 @@ class RowBlockWeight(CompressedWeight):
     def element_positions(self):
         counts = np.diff(self.block_start)
         block_of_entry = np.repeat(np.arange(self.n_row_blocks, dtype=np.int64), counts)
-        kept = int(self.block_start[-1])
+        n_kept = int(self.block_start[-1])
         rows = (block_of_entry[:, None] * self.block + np.arange(self.block)[None, :]).ravel()
-        columns = np.repeat(self.kept_columns[:kept].astype(np.int64), self.block)
+        columns = np.repeat(self.kept_columns[:n_kept].astype(np.int64), self.block)
         real = rows < self.rows
         return np.minimum(rows, self.rows - 1), columns, real
 
     def compressed_bytes(self) -> int:
-        kept = int(self.block_start[-1])
-        return int(kept * 4 + self.payload.size * self.payload.bytes_per_value())
+        n_kept = int(self.block_start[-1])
+        return int(n_kept * 4 + self.payload.size * self.payload.bytes_per_value())
 
 
 class ColumnBlockWeight(CompressedWeight):
@@ -597,16 +597,16 @@ class ColumnBlockWeight(CompressedWeight):
         self.row_start = row_start
 
     def element_positions(self):
-        kept = int(self.row_start[-1])
+        n_kept = int(self.row_start[-1])
         row_of_block = np.repeat(np.arange(self.rows, dtype=np.int64), np.diff(self.row_start))
         rows = np.repeat(row_of_block, self.block)
-        columns = (self.block_columns[:kept].astype(np.int64)[:, None] + np.arange(self.block)[None, :]).ravel()
+        columns = (self.block_columns[:n_kept].astype(np.int64)[:, None] + np.arange(self.block)[None, :]).ravel()
         real = columns < self.columns
         return rows, np.minimum(columns, self.columns - 1), real
 
     def compressed_bytes(self) -> int:
-        kept = int(self.row_start[-1])
-        return int(kept * 4 + self.payload.size * self.payload.bytes_per_value())
+        n_kept = int(self.row_start[-1])
+        return int(n_kept * 4 + self.payload.size * self.payload.bytes_per_value())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,10 +645,10 @@ def _build_row_blocks(common: dict, kernel_mask: np.ndarray, payload: Payload, b
     n_blocks = -(-rows // block)
     padded = np.zeros((n_blocks * block, columns), dtype=bool)
     padded[:rows] = kernel_mask
-    kept = padded.reshape(n_blocks, block, columns).any(axis=1)
-    block_of_entry, kept_columns = np.nonzero(kept)
+    column_kept = padded.reshape(n_blocks, block, columns).any(axis=1)
+    block_of_entry, kept_columns = np.nonzero(column_kept)
     block_start = np.zeros(n_blocks + 1, dtype=np.int64)
-    np.cumsum(kept.sum(axis=1, dtype=np.int64), out=block_start[1:])
+    np.cumsum(column_kept.sum(axis=1, dtype=np.int64), out=block_start[1:])
 
     # With the block pattern validated, every real row of a block keeps exactly the block's
     # columns, so row r's j-th value is its j-th kept column of the block.
@@ -671,10 +671,10 @@ def _build_column_blocks(common: dict, kernel_mask: np.ndarray, payload: Payload
     n_blocks = -(-columns // block)
     padded = np.zeros((rows, n_blocks * block), dtype=bool)
     padded[:, :columns] = kernel_mask
-    kept = padded.reshape(rows, n_blocks, block).any(axis=2)
-    row_of_block, block_index = np.nonzero(kept)
+    block_kept = padded.reshape(rows, n_blocks, block).any(axis=2)
+    row_of_block, block_index = np.nonzero(block_kept)
     row_start = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(kept.sum(axis=1, dtype=np.int64), out=row_start[1:])
+    np.cumsum(block_kept.sum(axis=1, dtype=np.int64), out=row_start[1:])
     block_columns = block_index.astype(np.int64) * block
 
     # Values of a row are consecutive in the payload. A kept block has min(b, columns - start)
@@ -1014,7 +1014,11 @@ def _affine_payload(data, scale, offset, mask, flat, name) -> Payload:
     dtype = np.result_type(scale.dtype, shift_dtype)
     # Integer offsets give exact differences, so only an fp16 offset needs the rounding step.
     round_shift = shift_dtype == np.float16 and offset is not None and offset.dtype == np.float16
-    rounding = (ROUND_SHIFT if round_shift else 0) | (ROUND_PRODUCT if dtype == np.float16 else 0)
+    rounding = 0
+    if round_shift:
+        rounding |= ROUND_SHIFT
+    if dtype == np.float16:
+        rounding |= ROUND_PRODUCT
     scale32 = scale.astype(np.float32).ravel()
     offset32 = np.zeros(scale32.size, np.float32) if offset is None else offset.astype(np.float32).ravel()
     if data.dtype in _CODE_DTYPES:
@@ -1199,10 +1203,10 @@ def row_slice(weight: CompressedWeight, start: int, stop: int) -> CompressedWeig
         values = np.arange(entries[0] * weight.block, entries[-1] * weight.block)
         rows, _, real = weight.element_positions()
         nnz = int(np.count_nonzero(real[values] & (rows[values] >= start) & (rows[values] < stop)))
-        kept = weight.kept_columns[entries[0] : entries[-1]]
+        kept_columns = weight.kept_columns[entries[0] : entries[-1]]
         return RowBlockWeight(
             block=weight.block,
-            kept_columns=_padded(kept, np.int32),
+            kept_columns=_padded(kept_columns, np.int32),
             block_start=entries - entries[0],
             payload=payload.take(values),
             nnz=nnz,
