@@ -38,7 +38,7 @@ __all__ = ["SPARSE_OP_TYPES", "compressed_weights", "run_sparse_op"]
 
 logger = logging.getLogger(__name__)
 
-# Op types that have a sparse kernel, and the input that holds their weight.
+# Op types that have a sparse kernel, and the inputs that may contain their weight.
 SPARSE_OP_TYPES = {"linear": ("weight",), "conv": ("weight",), "matmul": ("x", "y")}
 
 
@@ -129,7 +129,7 @@ def run_sparse_op(
     Args:
         op_type: ``"linear"``, ``"matmul"`` or ``"conv"``.
         params: the op's other inputs by MIL parameter name.
-        weight_param: the input that holds the compressed weight.
+        weight_param: the input that contains the compressed weight.
         weight: the compressed weight from :func:`compressed_weights`.
         name: the op name, for messages.
         output_dtypes: declared dtype of the single output (``None`` keeps the compute dtype).
