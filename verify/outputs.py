@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_MIN_COSINE",
     "RunOutcome",
     "random_inputs",
+    "read_arrays",
     "read_inputs",
     "check_inputs",
     "check_reference_interface",
@@ -109,8 +110,13 @@ def random_inputs(function: Function, *, seed: int = 0) -> dict[str, np.ndarray]
     return inputs
 
 
-def read_inputs(source: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Return inputs from an ``.npz`` file (input name to array) or a mapping.
+def read_arrays(source: str | os.PathLike | Mapping[str, np.ndarray], *, what: str, contents: str) -> dict[str, np.ndarray]:
+    """Return named arrays from an ``.npz`` file or a mapping.
+
+    Args:
+        source: the ``.npz`` path, or a mapping of names to arrays.
+        what: the option the arrays came from, e.g. ``"inputs"``, for messages.
+        contents: what the file should map, e.g. ``"input names to arrays"``, for messages.
 
     Raises:
         OptionError: the file cannot be read as an ``.npz`` of arrays.
@@ -119,12 +125,24 @@ def read_inputs(source: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[st
         return {str(name): np.asarray(value) for name, value in source.items()}
     try:
         loaded = np.load(source, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise OptionError(f"inputs {source}: cannot read an .npz file: {error}") from error
+    except OSError as error:
+        raise OptionError(f"{what} {source}: cannot read an .npz file: {error}") from error
+    except ValueError as error:
+        # numpy reports any non-numpy file as pickled data; pickles are never loaded here.
+        raise OptionError(f"{what} {source}: not an .npz file mapping {contents}") from error
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise OptionError(f"inputs {source}: expected an .npz file mapping input names to arrays, got one array")
+        raise OptionError(f"{what} {source}: expected an .npz file mapping {contents}, got one array")
     with loaded:
         return {name: loaded[name] for name in loaded.files}
+
+
+def read_inputs(source: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Return inputs from an ``.npz`` file (input name to array) or a mapping.
+
+    Raises:
+        OptionError: the file cannot be read as an ``.npz`` of arrays.
+    """
+    return read_arrays(source, what="inputs", contents="input names to arrays")
 
 
 def check_inputs(function: Function, inputs: Mapping[str, np.ndarray], *, where: str) -> None:

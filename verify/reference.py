@@ -33,7 +33,7 @@ from sparseblob.verify.compare import bits_equal
 
 from .checks import SPARSE_TO_DENSE, DecodedFunction, DecodedWeight, decode_function
 from .differential import describe_bit_difference
-from .outputs import output_metrics
+from .outputs import output_metrics, read_arrays
 from .report import CheckResult, Status
 
 __all__ = [
@@ -171,16 +171,7 @@ def read_expected(source: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[
     Raises:
         OptionError: the file cannot be read as an ``.npz`` of arrays.
     """
-    if isinstance(source, Mapping):
-        return {str(key): np.asarray(value) for key, value in source.items()}
-    try:
-        loaded = np.load(source, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise OptionError(f"expected arrays {source}: cannot read an .npz file: {error}") from error
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise OptionError(f"expected arrays {source}: expected an .npz file of named arrays, got one array")
-    with loaded:
-        return {key: loaded[key] for key in loaded.files}
+    return read_arrays(source, what="expected arrays", contents="constexpr output names to arrays")
 
 
 def compare_expected(decoded: DecodedFunction, expected: Mapping[str, np.ndarray], *, prefix: str = "") -> list[CheckResult]:
