@@ -64,6 +64,7 @@ from sparseblob.runtime.errors import (
 from sparseblob.runtime.package import MODEL_PATH_PREFIX, Binding, Function, Operation, Package
 from sparseblob.runtime.values import TensorType
 
+from ._files import current_umask
 from .config import CompressionConfig, WeightConfig
 from .masks import apply_mask, block_mask, magnitude_mask, n_m_mask, threshold_mask
 from .palettize import palettize_nonzero, palettize_scaled, palettize_weight
@@ -226,7 +227,7 @@ def compress_package(
         report = CompressionReport(in_path, out_path, package.specification_version)
         temp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
         # mkdtemp creates the directory with mode 0700; the package gets the usual umask mode.
-        temp.chmod(0o777 & ~_current_umask())
+        temp.chmod(0o777 & ~current_umask())
         try:
             _write_package(package, plans, temp, report)
         except BaseException:
@@ -242,12 +243,6 @@ def compress_package(
         report.input_weight_bytes, report.output_weight_bytes,
     )
     return report
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_output(in_path: Path, out_path: Path, overwrite: bool) -> None:

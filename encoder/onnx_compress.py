@@ -72,6 +72,7 @@ from sparseblob.runtime.onnx_run import (
     subgraph_reads,
 )
 
+from ._files import current_umask
 from ._validate import check_choice, check_fraction, check_int
 from .masks import apply_mask, block_mask, magnitude_mask, n_m_mask
 from .onnx_functions import CASTLIKE_OPSET, make_function
@@ -863,7 +864,7 @@ def save_model_atomic(model: onnx.ModelProto, out_path: str | os.PathLike, *, si
     try:
         onnx.save_model(model, os.fspath(work / out_path.name))
         # Files written inside the private temporary directory get the usual umask mode.
-        mode = 0o666 & ~_current_umask()
+        mode = 0o666 & ~current_umask()
         for written in work.iterdir():
             written.chmod(mode)
         data_file = work / data_name
@@ -878,12 +879,6 @@ def save_model_atomic(model: onnx.ModelProto, out_path: str | os.PathLike, *, si
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _shape_inputs(model: onnx.ModelProto) -> set[str]:
