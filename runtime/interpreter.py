@@ -8,8 +8,8 @@ reference precision) and rounds to the op's declared output dtype. After each op
 output types are checked, so a kernel that returns a wrong shape or dtype fails at that op.
 
 With ``weights="sparse"``, linear, matmul and conv ops whose weight is a compressed sparse
-constexpr chain run on the compressed form through :mod:`sparseblob.runtime.kernels`; with
-``weights="dense"`` every weight is decoded to a dense array first.
+constexpr chain run on the compressed form through :mod:`sparseblob.runtime.kernels`. With
+``weights="dense"``, every weight is decoded to a dense array first.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _WEIGHT_MODES = ("sparse", "dense")
 
 @dataclass(frozen=True)
 class OpTrace:
-    """What one op produced: name, type, output shapes, dtypes, value ranges and time."""
+    """Trace record of one op: name, type, output shapes, dtypes, value ranges and time."""
 
     name: str
     type: str
@@ -202,13 +202,10 @@ def _bind_inputs(
     for name, value_type in declared.items():
         array = np.asarray(inputs[name])
         if isinstance(value_type, TensorType):
-            expected = value_type.shape
-            if len(expected) != array.ndim or any(
-                dim is not None and dim != size for dim, size in zip(expected, array.shape)
-            ):
+            if not _shape_matches(value_type.shape, array.shape):
                 raise ShapeError(
                     f"input {name!r} has shape {list(array.shape)}; the function declares "
-                    f"{_shape_text(expected)}"
+                    f"{_shape_text(value_type.shape)}"
                 )
             array = array.astype(_declared_dtype(value_type, float_dtype), copy=False)
         bound[name] = array
@@ -272,14 +269,18 @@ def _check_declared(
             f"op {op.name!r} ({op.type}) output {name!r} has dtype {array.dtype}; the program "
             f"declares {value_type.dtype}"
         )
-    expected = value_type.shape
-    if len(expected) != array.ndim or any(
-        dim is not None and dim != size for dim, size in zip(expected, array.shape)
-    ):
+    if not _shape_matches(value_type.shape, array.shape):
         raise ShapeError(
             f"op {op.name!r} ({op.type}) output {name!r} has shape {list(array.shape)}; the "
-            f"program declares {_shape_text(expected)}"
+            f"program declares {_shape_text(value_type.shape)}"
         )
+
+
+def _shape_matches(declared, actual) -> bool:
+    """True when the ranks agree and every known declared dimension equals the actual one."""
+    return len(declared) == len(actual) and all(
+        dim is None or dim == size for dim, size in zip(declared, actual)
+    )
 
 
 def _shape_text(shape) -> str:

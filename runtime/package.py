@@ -387,7 +387,7 @@ def _import_model_proto():
     """Import coremltools' protobuf classes without its import-time warnings.
 
     Importing any part of coremltools on Linux logs one warning per native Core ML binding
-    that only exists on macOS; they say nothing about the package being read.
+    that only exists on macOS. None of them concerns the package being read.
     """
     coremltools_logger = logging.getLogger("coremltools")
     level = coremltools_logger.level

@@ -18,9 +18,9 @@ A LUT or scale that itself comes from another constexpr op (a quantized LUT) is 
 op's decoded output. Dense chains (``lut_to_dense``, ``blockwise_shift_scale`` alone) stay on
 the dense path.
 
-:func:`run_sparse_op` runs one op with such a weight; the strategy inside the kernels (stream the
-compressed weight, decode tiles for BLAS, or dense) is chosen by
-:func:`sparseblob.runtime.kernels.choose.choose_strategy`.
+:func:`run_sparse_op` runs one op with such a weight. Inside the kernels,
+:func:`sparseblob.runtime.kernels.choose.choose_strategy` picks how: stream the compressed
+weight, decode tiles for BLAS, or decode the dense weight.
 """
 
 from __future__ import annotations
