@@ -143,6 +143,17 @@ def inspect(package: str, as_json: bool) -> None:
         console.print(table)
 
 
+def _read_inputs_file(path: str) -> dict[str, np.ndarray]:
+    """Read an ``--inputs`` .npz file, turning an unreadable file into a user error."""
+    from sparseblob.runtime.errors import OptionError
+    from sparseblob.verify.outputs import read_inputs
+
+    try:
+        return read_inputs(path)
+    except OptionError as error:
+        raise UserError(str(error)) from error
+
+
 def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, np.ndarray]:
     inputs = {}
     for pair in pairs:
@@ -184,10 +195,7 @@ def run(package, input_pairs, inputs_file, output, weights, precision, function,
 
     if output:
         _check_writable_parent(output, "-o")
-    inputs = {}
-    if inputs_file:
-        with np.load(inputs_file, allow_pickle=False) as archive:
-            inputs.update({name: archive[name] for name in archive.files})
+    inputs = _read_inputs_file(inputs_file) if inputs_file else {}
     inputs.update(_parse_inputs(input_pairs))
 
     if str(package).endswith(".onnx"):
@@ -595,10 +603,7 @@ def _verify_onnx(package, reference, inputs_file, seed, as_json) -> None:
 
     if reference is None:
         raise UserError("verify MODEL.onnx needs --reference DENSE.onnx")
-    inputs = None
-    if inputs_file:
-        with np.load(inputs_file, allow_pickle=False) as archive:
-            inputs = {name: archive[name] for name in archive.files}
+    inputs = _read_inputs_file(inputs_file) if inputs_file else None
     try:
         report = verify_onnx(package, reference, inputs=inputs, seed=seed)
     except SparseblobError as error:

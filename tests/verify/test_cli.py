@@ -251,3 +251,10 @@ def test_latency_rejects_onnx(magika_model):
 
 def test_onnx_verify_rejects_package_options(magika_model):
     assert_usage_error(sparseblob("verify", magika_model, "--reference", magika_model, "--expect", "2:4"))
+
+
+def test_run_rejects_unreadable_inputs_file(tmp_path):
+    bad = tmp_path / "inputs.npz"
+    bad.write_text("not an archive")
+
+    assert_usage_error(sparseblob("run", MLP, "--inputs", bad))
