@@ -110,8 +110,9 @@ class OpParameterError(SparseblobError):
 
 
 class OptionError(SparseblobError):
-    """An option of a verification cannot be used as given: an expectation that does not parse,
-    or a reference package or inputs whose names or shapes do not match the package."""
+    """An option cannot be used as given: an expectation that does not parse, a reference
+    package or inputs whose names or shapes do not match the package, or a kernel layout
+    setting out of range."""
 
 
 class OutputExistsError(SparseblobError):

@@ -207,33 +207,43 @@ def bitmask_gemv_fp16(chunk_masks, row_start, n_chunks, data16, x, y):
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=False)
 def indexed_gemm(
-    value_columns, row_start, row_group,
+    panel_start, n_panels, value_columns, row_group,
     mode, data16, data32, codes, table, width, scale, offset, rounding,
     x, x_stride, y, y_stride,
 ):  # fmt: skip
-    """``y[t, r] = sum_c W[r, c] * x[t, c]`` from each stored value's column (AVX-512).
+    """``y[t, r] += sum_c W[r, c] * x[t, c]`` from each stored value's column (AVX-512).
 
     Work is proportional to the number of stored values, not to the dense size, which pays off
-    at low density. Groups must depend on the row only. ``x`` and ``y`` are the flat views of
-    ``[tokens, x_stride]`` and ``[tokens, y_stride]``.
+    at low density. The values come in column panels (:class:`.formats.ColumnPanels`): all rows
+    of one panel run before the next, so the panel's inputs stay in cache. Groups must depend
+    on the row only. ``x`` and ``y`` are the flat views of ``[tokens, x_stride]`` and
+    ``[tokens, y_stride]``; ``y`` must start at zero.
     """
-    rows = row_start.size - 1
     tokens = x.size // x_stride
-    for r in prange(rows):
-        first = row_start[r]
-        count = row_start[r + 1] - first
-        group = row_group[r]
-        for token in range(tokens):
-            base = token * x_stride
-            acc0 = vzero()
-            acc1 = vzero()
-            for step in range(0, count, LANES):
-                value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, first + step, group)
-                lanes = min(count - step, LANES)
-                updated = vfma(vexpand(value, _low_lanes(lanes)), vload_indexed(x, base, value_columns, first + step), acc1)
-                acc1 = acc0
-                acc0 = updated
-            y[token * y_stride + r] = vhsum(vadd(acc0, acc1))
+    rows = (panel_start.size - 1) // n_panels
+    for panel in range(n_panels):
+        for r in prange(rows):
+            first = panel_start[panel * rows + r]
+            count = panel_start[panel * rows + r + 1] - first
+            full = count - count % LANES
+            group = row_group[r]
+            tail = _low_lanes(count - full)
+            for token in range(tokens):
+                base = token * x_stride
+                acc0 = vzero()
+                acc1 = vzero()
+                for step in range(0, full, LANES):
+                    value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, first + step, group)
+                    updated = vfma(value, vload_indexed(x, base, value_columns, first + step), acc1)
+                    acc1 = acc0
+                    acc0 = updated
+                if full < count:
+                    # Lanes past the row's values would read other rows' inputs; zero both
+                    # operands so that an infinite input there cannot make this row NaN.
+                    value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, first + full, group)
+                    inputs = vload_indexed(x, base, value_columns, first + full)
+                    acc0 = vfma(vexpand(value, tail), vexpand(inputs, tail), acc0)
+                y[token * y_stride + r] += vhsum(vadd(acc0, acc1))
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=False)

@@ -47,7 +47,7 @@ from functools import cached_property
 import numpy as np
 
 from .. import bitpack
-from ..errors import MaskError, NonFiniteError, ParameterShapeError, PatternError, ShapeError, UnsupportedOpError
+from ..errors import MaskError, NonFiniteError, OptionError, ParameterShapeError, PatternError, ShapeError, UnsupportedOpError
 from ..limits import element_count
 from .patterns import NM, Blocks, Pattern, check_pattern, detect_pattern
 
@@ -64,6 +64,7 @@ __all__ = [
     "ROUND_SHIFT",
     "LANES",
     "SPARE",
+    "ColumnPanels",
     "GroupMap",
     "Payload",
     "CompressedWeight",
@@ -521,19 +522,60 @@ class BitmaskWeight(CompressedWeight):
         rows, columns = np.nonzero(self.kernel_mask())
         return rows.astype(np.int64), columns.astype(np.int64), np.ones(rows.size, dtype=bool)
 
-    @cached_property
-    def value_columns(self) -> np.ndarray:
-        """Kernel column of each stored value, ``tensor<uint16 or int32, [nnz + 32]>``.
+    def column_panels(self, width: int) -> ColumnPanels:
+        """Return the stored values regrouped by panels of ``width`` columns (cached per width).
 
-        uint16 when every column index fits in it. Built on first use, for the kernel that
-        walks the stored values instead of the mask.
+        Kernels that walk the stored values read one input element per value at its column.
+        Walking one panel of columns for all rows before the next keeps the panel's inputs in
+        the first-level cache, and the regrouped values keep that walk sequential in memory.
+        With a single panel the payload is shared with this weight, not copied.
         """
-        _, columns = np.nonzero(self.kernel_mask())
-        dtype = np.uint16 if self.columns_padded <= 1 << 16 else np.int32
-        return _padded(columns, dtype)
+        cache = self.__dict__.setdefault("_column_panels", {})
+        if width not in cache:
+            cache[width] = _column_panels(self, width)
+        return cache[width]
 
     def compressed_bytes(self) -> int:
         return int(self.chunk_masks.nbytes + self.payload.size * self.payload.bytes_per_value())
+
+
+@dataclass(frozen=True, eq=False)
+class ColumnPanels:
+    """A :class:`BitmaskWeight`'s stored values ordered by column panel, then row, then column.
+
+    Attributes:
+        width: columns per panel (a multiple of 16); the last panel may be narrower.
+        n_panels: ``ceil(columns_padded / width)``.
+        start: ``tensor<int64, [n_panels * rows + 1]>``; the values of row r in panel q are
+            entries ``start[q * rows + r] : start[q * rows + r + 1]``.
+        columns: ``tensor<uint16 or int32, [n + 32]>``, the kernel column of each value; uint16
+            when every column index fits in it.
+        payload: the values in this order (the weight's own payload when ``n_panels == 1``).
+    """
+
+    width: int
+    n_panels: int
+    start: np.ndarray
+    columns: np.ndarray
+    payload: Payload
+
+
+def _column_panels(weight: BitmaskWeight, width: int) -> ColumnPanels:
+    if width <= 0 or width % LANES:
+        raise OptionError(f"{weight.name}: column panel width is {width}; expected a positive multiple of {LANES}")
+    rows, columns = np.nonzero(weight.kernel_mask())
+    n_panels = max(1, -(-weight.columns_padded // width))
+    index_dtype = np.uint16 if weight.columns_padded <= 1 << 16 else np.int32
+    if n_panels == 1:
+        return ColumnPanels(width, 1, weight.row_start, _padded(columns, index_dtype), weight.payload)
+
+    # Row-major order is already sorted by row, then column, so a stable sort on the key
+    # yields panel, row, column order.
+    key = (columns // width).astype(np.int64) * weight.rows + rows
+    order = np.argsort(key, kind="stable")
+    start = np.zeros(n_panels * weight.rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key, minlength=n_panels * weight.rows), out=start[1:])
+    return ColumnPanels(width, n_panels, start, _padded(columns[order], index_dtype), weight.payload.take(order))
 
 
 class RowBlockWeight(CompressedWeight):

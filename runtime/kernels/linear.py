@@ -39,6 +39,7 @@ from .formats import (
     BitmaskWeight,
     ColumnBlockWeight,
     CompressedWeight,
+    Payload,
     RowBlockWeight,
     transposed,
 )
@@ -50,14 +51,22 @@ __all__ = ["STRATEGIES", "linear", "matmul", "apply_weight", "sparse_supported"]
 STRATEGIES = ("sparse", "tiled", "dense")
 
 # At or below this density the streaming kernel walks the stored values with their column
-# indices instead of expanding the mask 16 columns at a time. Measured crossover on an AMD EPYC
-# (Zen 4) core: 0.3 for 4-bit LUT values, 0.38 for fp16 (bench/bench_kernels.py, 1024x2048).
-INDEXED_DENSITY = 0.3
+# indices instead of expanding the mask 16 columns at a time. The crossover for one token on an
+# AMD EPYC (Zen 4) core, 4096x4096 and 4096x11008 weights, is 0.2 for fp16 values and 0.22 to
+# 0.25 for 4-bit LUT values. There the mask kernel takes 0.37 to 0.50 of dense BLAS at any
+# density up to 0.5, and the indexed one 0.19 at density 0.1 and 0.41 at 0.2.
+INDEXED_DENSITY = 0.2
 
 # The indexed kernel runs once per token, while the mask-expanding kernel decodes once per 4
 # tokens. The indexed one stays faster while tokens * density is at most this value (same
 # machine, 2048x4096 weight, 1 to 8 tokens).
 INDEXED_TOKENS_TIMES_DENSITY = 0.6
+
+# The indexed kernel walks the columns in panels of this width: 4096 fp32 inputs take 16 KiB,
+# half of a 32 KiB first-level data cache. On the benchmark machine a 4096x11008 layer at 10 %
+# density took 0.33 of dense BLAS without panels and 0.16 with them (0.16 to 0.26 for panels of
+# 2048 to 8192 columns).
+PANEL_COLUMNS = 4096
 
 # Up to this many tokens the BLAS calls multiply weight @ x^T, above it x @ weight^T.
 ROW_MAJOR_TOKENS = 64
@@ -88,7 +97,10 @@ class _KernelArgs:
 
 
 def _values(weight: CompressedWeight) -> tuple:
-    p = weight.payload
+    return _values_of(weight.payload)
+
+
+def _values_of(p: Payload) -> tuple:
     return (p.mode, p.data16, p.data32, p.codes, p.table, p.width, p.scale, p.offset, p.rounding)
 
 
@@ -184,8 +196,10 @@ def _sparse(weight: CompressedWeight, args: _KernelArgs, x2: np.ndarray) -> np.n
     padded_rows = weight.n_row_blocks * weight.block if isinstance(weight, RowBlockWeight) else weight.rows
     out = np.empty((tokens, padded_rows), dtype=np.float32)
     if isinstance(weight, BitmaskWeight) and indexed:
+        panels = weight.column_panels(PANEL_COLUMNS)
+        out[:] = 0.0
         _numba.indexed_gemm(
-            weight.value_columns, weight.row_start, groups.row_group, *args.values,
+            panels.start, panels.n_panels, panels.columns, groups.row_group, *_values_of(panels.payload),
             xp.reshape(-1), x_stride, out.reshape(-1), padded_rows,
         )  # fmt: skip
     elif isinstance(weight, BitmaskWeight) and weight.payload.mode == FLOAT16 and _simd.EXPAND_WORDS:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparseblob.runtime.errors import ShapeError, UnsupportedOpError
+from sparseblob.runtime.errors import OptionError, ShapeError, UnsupportedOpError
 from sparseblob.runtime.kernels import _simd, formats, linear as linear_module
 from sparseblob.runtime.kernels.linear import linear, matmul, sparse_supported
 from sparseblob.runtime.kernels.patterns import NM
@@ -109,6 +109,87 @@ def test_special_masks_match_dense(mask_name, mask, strategy):
     built = make_weight(rng, mask.shape, 0.0, "fp16", mask=mask)
     x = rng.standard_normal((3, mask.shape[1])).astype(np.float32)
     assert_close(linear(x, built.weight, strategy=strategy), _reference(x, built.reference), name=mask_name)
+
+
+@contextlib.contextmanager
+def _panel_columns(width: int):
+    saved = linear_module.PANEL_COLUMNS
+    linear_module.PANEL_COLUMNS = width
+    try:
+        yield
+    finally:
+        linear_module.PANEL_COLUMNS = saved
+
+
+INDEXED_FORMATS = ("fp16", "fp32", "lut4", "lut2-grouped-rows", "lut8-int8-table", "int8-per-channel")
+
+
+@pytest.mark.skipif(not _simd.AVAILABLE, reason="the indexed kernel needs AVX-512")
+@given(
+    rows=st.integers(1, 30),
+    columns=st.integers(1, 200),
+    width=st.sampled_from([16, 32, 48, 4096]),
+    value_format=st.sampled_from(INDEXED_FORMATS),
+    density=st.sampled_from([0.0, 0.05, 0.1, 0.2]),
+    tokens=st.integers(1, 2),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_indexed_kernel_in_column_panels_matches_dense(rows, columns, width, value_format, density, tokens, seed):
+    rng = np.random.default_rng(seed)
+    shape = fit_shape((rows, columns), value_format, "unstructured")
+    mask = np.zeros(shape, bool)
+    mask.flat[rng.choice(mask.size, int(density * mask.size), replace=False)] = True
+    built = make_weight(rng, shape, density, value_format, mask=mask)
+    x = rng.standard_normal((tokens, shape[1])).astype(np.float32)
+    with _panel_columns(width):
+        actual = linear(x, built.weight, strategy="sparse")
+    # The panel cache proves the indexed kernel ran.
+    assert width in built.weight.__dict__.get("_column_panels", {})
+    _assert_outputs_close(actual, _reference(x, built.reference), built.reference)
+
+
+def test_column_panels_order():
+    rng = np.random.default_rng(30)
+    built = make_weight(rng, (5, 70), 0.4, "fp16")
+    weight = built.weight
+    panels = weight.column_panels(32)
+    assert panels.n_panels == 3
+    assert panels.start[0] == 0
+    assert panels.start[-1] == weight.payload.size
+
+    rebuilt = np.zeros((weight.rows, weight.columns_padded), np.float16)
+    for panel in range(panels.n_panels):
+        for row in range(weight.rows):
+            first, stop = panels.start[panel * weight.rows + row : panel * weight.rows + row + 2]
+            columns = panels.columns[first:stop].astype(np.int64)
+            assert np.all((columns >= 32 * panel) & (columns < 32 * panel + 32))
+            assert np.all(np.diff(columns) > 0)
+            rebuilt[row, columns] = panels.payload.data16[first:stop].view(np.float16)
+    np.testing.assert_array_equal(rebuilt[:, : weight.columns].view(np.uint16), built.reference.astype(np.float16).view(np.uint16))
+
+
+def test_single_column_panel_shares_payload():
+    built = make_weight(np.random.default_rng(31), (4, 40), 0.3, "lut4")
+    assert built.weight.column_panels(4096).payload is built.weight.payload
+    with pytest.raises(OptionError, match="width is 20; expected a positive multiple of 16"):
+        built.weight.column_panels(20)
+
+
+@pytest.mark.skipif(not _simd.AVAILABLE, reason="the indexed kernel needs AVX-512")
+def test_indexed_kernel_ignores_inputs_of_other_rows():
+    # Row 0 stores one value (column 0); the vector step past it would read the inputs of
+    # row 1's columns. An infinite input there must not reach row 0.
+    mask = np.zeros((2, 80), bool)
+    mask[0, 0] = True
+    mask[1, 1:20] = True
+    values = np.full(int(mask.sum()), 0.5, np.float16)
+    weight = formats.from_sparse(mask.astype(np.uint8), values)
+    x = np.ones((1, 80), np.float32)
+    x[0, 5] = np.inf
+    assert linear_module._kernel_args(weight).indexed
+    y = linear(x, weight, strategy="sparse")
+    assert y[0, 0] == 0.5
+    assert y[0, 1] == np.inf
 
 
 @pytest.mark.parametrize("axis, block", [(0, 2), (0, 8), (1, 4), (1, 16)])
