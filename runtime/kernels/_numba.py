@@ -171,6 +171,34 @@ def bitmask_gemv(
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=False)
+def bitmask_gemv_lut16(chunk_masks, row_start, n_chunks, row_group, codes, table, x, y):
+    """``y[r] = sum_c W[r, c] * x[c]`` for 4-bit LUT values whose table depends on the row only.
+
+    The row's 16-entry table stays in a register, so each 16-column step permutes without
+    loading the table or its group (AVX-512).
+    """
+    rows = row_start.size - 1
+    for r in prange(rows):
+        p = row_start[r]
+        row_masks = chunk_masks[r * n_chunks : (r + 1) * n_chunks]
+        lut = vload(table, row_group[r] * LANES)
+        acc0 = vzero()
+        acc1 = vzero()
+        acc2 = vzero()
+        acc3 = vzero()
+        for k in range(n_chunks):
+            mask = row_masks[k]
+            value = vpermute(lut, vload_index(codes, p))
+            p += popcount(mask)
+            updated = vfma(vexpand(value, mask), vload(x, k * LANES), acc3)
+            acc3 = acc2
+            acc2 = acc1
+            acc1 = acc0
+            acc0 = updated
+        y[r] = vhsum(vadd(vadd(acc0, acc1), vadd(acc2, acc3)))
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=False)
 def bitmask_gemv_fp16(chunk_masks, row_start, n_chunks, data16, x, y):
     """``y[r] = sum_c W[r, c] * x[c]`` for fp16 values (AVX-512 VBMI2).
 

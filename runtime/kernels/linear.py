@@ -36,6 +36,7 @@ from .formats import (
     FLOAT16,
     LANES,
     LUT,
+    LUT16,
     BitmaskWeight,
     ColumnBlockWeight,
     CompressedWeight,
@@ -204,6 +205,11 @@ def _sparse(weight: CompressedWeight, args: _KernelArgs, x2: np.ndarray) -> np.n
         )  # fmt: skip
     elif isinstance(weight, BitmaskWeight) and weight.payload.mode == FLOAT16 and _simd.EXPAND_WORDS:
         _numba.bitmask_gemv_fp16(weight.chunk_masks, weight.row_start, weight.n_chunks, weight.payload.data16, xp[0], out[0])
+    elif isinstance(weight, BitmaskWeight) and weight.payload.mode == LUT16 and groups.uniform_columns:
+        _numba.bitmask_gemv_lut16(
+            weight.chunk_masks, weight.row_start, weight.n_chunks, groups.row_group,
+            weight.payload.codes, weight.payload.table, xp[0], out[0],
+        )  # fmt: skip
     elif isinstance(weight, BitmaskWeight):
         _numba.bitmask_gemv(
             weight.chunk_masks, weight.row_start, weight.n_chunks, groups.row_group, args.chunk_group,

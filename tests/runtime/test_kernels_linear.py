@@ -76,6 +76,19 @@ def test_kernels_decode_values_exactly(value_format, layout):
         np.testing.assert_array_equal(linear(identity, built.weight, strategy=strategy), built.reference.T, err_msg=strategy)
 
 
+@pytest.mark.parametrize("tokens", [1, 3])
+@pytest.mark.parametrize("density", [0.1, 0.5])
+@pytest.mark.parametrize("value_format", VALUE_FORMATS)
+def test_streaming_kernels_match_dense_over_many_steps(value_format, density, tokens):
+    # 200 columns give 13 steps of 16 columns per row, more than the kernels' 4 rotating
+    # accumulators. Density 0.1 takes the indexed kernel, and 0.5 the mask kernels.
+    rng = np.random.default_rng(24)
+    shape = fit_shape((9, 200), value_format, "unstructured")
+    built = make_weight(rng, shape, density, value_format)
+    x = rng.standard_normal((tokens, shape[1])).astype(np.float32)
+    _assert_outputs_close(linear(x, built.weight, strategy="sparse"), _reference(x, built.reference), built.reference)
+
+
 @contextlib.contextmanager
 def _portable_kernels():
     """Run the kernels that compile without AVX-512, as on a host that lacks it."""
