@@ -170,9 +170,7 @@ def time_linear(weight, batch: int, repeat: int, rng) -> Timing:
     tiled = best_of({**dense_functions, "tiled": lambda: linear(x, weight, strategy="tiled")}, repeat)
     dense_time = min(tiled["dense"], tiled["dense transposed"])
     sparse_time = None
-    # The streaming kernel reads the weight once per group of 4 tokens. At 64 tokens it is
-    # never the faster one, so the run skips it there.
-    if batch <= 8 and sparse_supported(weight):
+    if sparse_supported(weight):
         sparse = best_of({**dense_functions, "sparse": lambda: linear(x, weight, strategy="sparse")}, repeat)
         dense_time = min(dense_time, sparse["dense"], sparse["dense transposed"])
         sparse_time = sparse["sparse"]

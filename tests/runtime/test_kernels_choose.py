@@ -34,10 +34,14 @@ def _exact_weight(pattern, density):
         (None, 0.5, 9, "tiled"),
         (None, 0.125, 64, "tiled"),
         (Blocks(4, 0), 0.5, 1, "sparse"),
-        (Blocks(4, 0), 0.5, 8, "sparse"),
-        (Blocks(4, 0), 0.5, 9, "tiled"),
-        (Blocks(4, 0), 0.125, 32, "sparse"),
-        (Blocks(4, 1), 0.5, 64, "tiled"),
+        (Blocks(4, 0), 0.5, 9, "sparse"),
+        (Blocks(4, 0), 0.5, 10, "tiled"),
+        (Blocks(4, 0), 0.125, 144, "sparse"),
+        (Blocks(4, 0), 0.125, 145, "tiled"),
+        (Blocks(4, 1), 0.5, 6, "sparse"),
+        (Blocks(4, 1), 0.5, 7, "tiled"),
+        (Blocks(4, 1), 0.125, 96, "sparse"),
+        (Blocks(4, 1), 0.125, 97, "tiled"),
     ],
 )
 def test_rule_table(pattern, density, tokens, expected):
