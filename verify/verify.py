@@ -224,6 +224,8 @@ def _verify_loaded(
         for name in pairs:
             check_inputs(package.function(name), given_inputs, where=f"function {name!r}")
     expected_outputs = {name: _expected_outputs(package.function(name), expected_runs, len(pairs) > 1) for name in pairs}
+    if expected_arrays is not None:
+        _check_expected_names(package, pairs, expected_arrays)
 
     use_coremltools = use_coremltools and coremltools_version() is not None
     runs = (2 + (reference is not None)) if run_model else 0
@@ -264,6 +266,27 @@ def _verify_loaded(
                 package, reference, name, reference_name, given_inputs, seed, min_cosine, expected_outputs[name], report, steps
             )
     steps.finish()
+
+
+def _check_expected_names(package: Package, functions: Sequence[str], expected_arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise when an expected weight array names no constexpr output of the checked functions.
+
+    Such an array would be compared with nothing, and a file whose keys all miss would pass.
+    """
+    known = set()
+    for name in functions:
+        outputs = [out.name for op in package.function(name).operations if op.is_constexpr for out in op.outputs]
+        known.update(outputs)
+        if len(functions) > 1:
+            known.update(f"{name}:{output}" for output in outputs)
+    unknown = sorted(set(expected_arrays) - known)
+    if unknown:
+        listed = ", ".join(repr(key) for key in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        hint = f"e.g. {', '.join(repr(key) for key in sorted(known)[:3])}" if known else "it has no constexpr ops"
+        raise OptionError(
+            f"the expected weights {listed} name no constexpr output of {package.path.name}; "
+            f"expected the output names of its constexpr ops ({hint})"
+        )
 
 
 def _expected_outputs(function, expected_runs, prefixed: bool) -> RunOutcome | None:

@@ -256,6 +256,17 @@ def test_invalid_expectation_is_option_error():
         verify_package(FIXTURES / entry("ios18/prune_magnitude50")["package"], expect="two:four")
 
 
+def test_expected_weights_with_unknown_names_are_option_error(tmp_path):
+    item = entry("ios18/prune_magnitude50")
+    expected = dict(np.load(FIXTURES / item["expected"]))
+    renamed = {f"renamed_{key}": value for key, value in expected.items()}
+    path = tmp_path / "expected.npz"
+    np.savez(path, **renamed)
+
+    with pytest.raises(OptionError, match="name no constexpr output of prune_magnitude50.mlpackage"):
+        verify_package(FIXTURES / item["package"], expected=path, run_model=False)
+
+
 def test_wrong_sparse_kernel_caught(monkeypatch):
     from sparseblob.runtime import sparse_dispatch
 
