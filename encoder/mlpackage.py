@@ -955,7 +955,7 @@ def _replace_weight(function: Function, plan: _Plan, final_type, names: _Names, 
     except (EncodingError, NonFiniteError, ShapeError) as err:
         reason = f"the encoder declined it: {err}"
         report.skipped.append(SkippedWeight(function.name, output.name, plan.consumers, reason))
-        logger.warning("%s: skipped %s, left dense: %s", function.name, output.name, reason)
+        logger.info("%s: skipped %s, left dense: %s", function.name, output.name, reason)
         return None
 
     # Raised, not declined: planning has already rejected what the iOS16 forms cannot hold.

@@ -439,7 +439,7 @@ def test_declined_group_size_leaves_weight_identical(tmp_path, small_linear, cap
     )
     out = tmp_path / "out.mlpackage"
 
-    with caplog.at_level(logging.WARNING, logger="sparseblob.encoder.mlpackage"):
+    with caplog.at_level(logging.INFO, logger="sparseblob.encoder.mlpackage"):
         report = compress_package(small_linear, out, config)
 
     assert [entry.name for entry in report.skipped] == [weight]
