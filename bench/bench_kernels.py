@@ -39,10 +39,11 @@ def _thread_count_from_argv(argv: list[str]) -> str | None:
     return None
 
 
-_THREADS = _thread_count_from_argv(sys.argv[1:])
-if _THREADS is not None:
-    os.environ["OPENBLAS_NUM_THREADS"] = _THREADS
-    os.environ["NUMBA_NUM_THREADS"] = _THREADS
+# One thread each by default: the ratios compare kernels at equal thread counts, and on a
+# shared machine with few cores the two-thread timings varied by up to ten times between runs.
+_THREADS = _thread_count_from_argv(sys.argv[1:]) or "1"
+os.environ["OPENBLAS_NUM_THREADS"] = _THREADS
+os.environ["NUMBA_NUM_THREADS"] = _THREADS
 
 import numpy as np  # noqa: E402
 
@@ -259,11 +260,11 @@ def bench_conv(repeat: int) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7, help="timed runs per strategy (best is kept)")
+    parser.add_argument("--repeat", type=int, default=9, help="timed runs per strategy (best is kept)")
     parser.add_argument("--quick", action="store_true", help="only the 4096x4096 layer, 3 runs")
     parser.add_argument("--shapes", default="4096x4096,4096x11008", help="comma-separated OUTxIN linear shapes")
     parser.add_argument("--no-conv", action="store_true", help="skip the convolution table")
-    parser.add_argument("--threads", help="threads for BLAS and numba (default: all cores)")
+    parser.add_argument("--threads", default="1", help="threads for BLAS and numba (default: 1)")
     args = parser.parse_args(argv)
     shapes = [tuple(int(d) for d in item.split("x")) for item in args.shapes.split(",")]
     repeat = args.repeat
