@@ -160,6 +160,9 @@ class CompressionReport:
         specification_version: the model's specification version (7 is iOS16, 9 is iOS18).
         compressed: the weights replaced, in program order.
         skipped: the weights left dense although the config asked to compress them.
+        below_limit: the weights the config selected but left dense because they have rank
+            below 2 or at most ``min_elements`` elements, as coremltools' ``weight_threshold``
+            does.
         input_weight_bytes: size of the input ``weight.bin`` (0 when there is none).
         output_weight_bytes: size of the written ``weight.bin``.
     """
@@ -169,6 +172,7 @@ class CompressionReport:
     specification_version: int
     compressed: list[CompressedWeight] = field(default_factory=list)
     skipped: list[SkippedWeight] = field(default_factory=list)
+    below_limit: list[SkippedWeight] = field(default_factory=list)
     input_weight_bytes: int = 0
     output_weight_bytes: int = 0
 
@@ -182,6 +186,7 @@ class CompressionReport:
             "output_weight_bytes": self.output_weight_bytes,
             "compressed": [dict(entry.__dict__) for entry in self.compressed],
             "skipped": [dict(entry.__dict__) for entry in self.skipped],
+            "below_limit": [dict(entry.__dict__) for entry in self.below_limit],
         }
 
 
@@ -412,12 +417,12 @@ def _target_problem(settings: WeightConfig) -> str | None:
     return None
 
 
-def _plan_package(package: Package, config: CompressionConfig) -> dict[str, tuple[dict[int, _Plan], list[SkippedWeight]]]:
+def _plan_package(package: Package, config: CompressionConfig) -> dict[str, _FunctionPlan]:
     """Choose the const ops to replace in every function, keyed by function name.
 
     Returns:
-        Per function: the plans keyed by the const op's position in the block, and the weights
-        left dense with their reasons.
+        Per function: the plans keyed by the const op's position in the block, the weights
+        left dense with their reasons, and the weights below the size limit.
 
     Raises:
         EncodingError: a request that the function's target cannot express, before anything
@@ -426,7 +431,18 @@ def _plan_package(package: Package, config: CompressionConfig) -> dict[str, tupl
     return {name: _plan_function(package.functions[name], config) for name in sorted(package.functions)}
 
 
-def _plan_function(function: Function, config: CompressionConfig) -> tuple[dict[int, _Plan], list[SkippedWeight]]:
+class _LimitReason(str):
+    """Reason of a weight left dense by the rank or size limit, which is not a skip."""
+
+
+@dataclass
+class _FunctionPlan:
+    plans: dict[int, _Plan]
+    skipped: list[SkippedWeight]
+    below_limit: list[SkippedWeight]
+
+
+def _plan_function(function: Function, config: CompressionConfig) -> _FunctionPlan:
     uses = _uses_of(function)
     constants = {}
     for op in function.operations:
@@ -435,6 +451,7 @@ def _plan_function(function: Function, config: CompressionConfig) -> tuple[dict[
 
     plans: dict[int, _Plan] = {}
     skipped: list[SkippedWeight] = []
+    below_limit: list[SkippedWeight] = []
     for index, op in enumerate(function.operations):
         if op.type != "const" or len(op.outputs) != 1 or "val" not in op.attributes:
             continue
@@ -450,10 +467,12 @@ def _plan_function(function: Function, config: CompressionConfig) -> tuple[dict[
         plan, reason = _plan_weight(function, op, all_uses, weight_uses, consumers, config, constants)
         if plan is not None:
             plans[index] = plan
+        elif isinstance(reason, _LimitReason):
+            below_limit.append(SkippedWeight(function.name, output.name, consumers, reason))
         elif reason is not None:
             skipped.append(SkippedWeight(function.name, output.name, consumers, reason))
             logger.info("%s: skipped %s, left dense: %s", function.name, output.name, reason)
-    return plans, skipped
+    return _FunctionPlan(plans, skipped, below_limit)
 
 
 def _plan_weight(function, op, all_uses, weight_uses, consumers, config, constants) -> tuple[_Plan | None, str | None]:
@@ -473,14 +492,16 @@ def _plan_weight(function, op, all_uses, weight_uses, consumers, config, constan
     if not any(settings.compresses for _, settings, _ in requests):
         return None, None
 
-    # Rank and size limits apply without a report entry, as coremltools' weight_threshold does.
+    # Rank and size limits leave a weight dense without a skip, as coremltools' weight_threshold
+    # does; the report lists these weights apart.
     min_elements = min(settings.min_elements for _, settings, _ in requests)
     if rank < 2 or not ttype.is_static or count <= min_elements:
-        logger.debug(
-            "%s: %s has %d elements (rank %d); only rank >= 2 and more than %d elements are compressed",
-            function.name, output.name, count, rank, min_elements,
+        reason = _LimitReason(
+            f"{count} elements of rank {rank}; only weights of rank 2 or more with more than "
+            f"{min_elements} elements are compressed"
         )
-        return None, None
+        logger.debug("%s: %s left dense: %s", function.name, output.name, reason)
+        return None, reason
 
     others = [use for use in all_uses if not any(use is chosen for chosen in selected)]
     if others:
@@ -901,10 +922,11 @@ def _write_package(package: Package, plans, temp: Path, report: CompressionRepor
         copier = _BlobCopier(package, input_weight_file, writer)
         values = _ValueWriter(writer, package.specification_version)
         for name in sorted(spec.mlProgram.functions):
-            function_plans, skipped = plans[name]
-            report.skipped.extend(skipped)
+            function_plan = plans[name]
+            report.skipped.extend(function_plan.skipped)
+            report.below_limit.extend(function_plan.below_limit)
             _rewrite_function(
-                package.functions[name], spec.mlProgram.functions[name], function_plans, copier, values, report
+                package.functions[name], spec.mlProgram.functions[name], function_plan.plans, copier, values, report
             )
         for key in sorted(spec.mlProgram.attributes):
             copier.remap(spec.mlProgram.attributes[key])

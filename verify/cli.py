@@ -231,7 +231,8 @@ def run(package, input_pairs, inputs_file, output, weights, precision, function,
 
     if output:
         np.savez(output, **result.outputs)
-        console.print(f"wrote {len(result.outputs)} outputs to {output}")
+        noun = "output" if len(result.outputs) == 1 else "outputs"
+        console.print(f"wrote {len(result.outputs)} {noun} to {output}")
     else:
         for name, value in result.outputs.items():
             console.print(f"{name}: {value.dtype} {list(value.shape)} min {value.min():.6g} max {value.max():.6g}")
@@ -348,9 +349,12 @@ def encode(source, output, config_file, sparsity, n_m, block, threshold, axis, v
     console.print(table)
     for item in report.skipped:
         console.print(f"[yellow]skipped[/] {item.name}: {item.reason}")
+    for item in report.below_limit:
+        console.print(f"[dim]left dense[/] {item.name}: {item.reason} (see --min-elements)")
     console.print(
         f"weight.bin {report.input_weight_bytes:,} -> {report.output_weight_bytes:,} bytes; "
-        f"compressed {len(report.compressed)}, skipped {len(report.skipped)}"
+        f"compressed {len(report.compressed)}, skipped {len(report.skipped)}, "
+        f"below the size limit {len(report.below_limit)}"
     )
 
 

@@ -121,6 +121,18 @@ def test_encode_then_verify(tmp_path):
     assert json.loads(verified.stdout)["status"] == "pass"
 
 
+def test_encode_lists_weights_below_the_size_limit(tmp_path):
+    dense_mlp = FIXTURES / "models/mlp/ios18_dense.mlpackage"
+    text = sparseblob("encode", dense_mlp, "-o", tmp_path / "text.mlpackage", "--sparsity", "0.5")
+    as_json = sparseblob("encode", dense_mlp, "-o", tmp_path / "json.mlpackage", "--sparsity", "0.5", "--json")
+
+    assert text.returncode == 0, text.stderr
+    assert "left dense head_weight_to_fp16: 640 elements of rank 2" in text.stdout
+    assert "below the size limit 1" in text.stdout
+    below = json.loads(as_json.stdout)["below_limit"]
+    assert [entry["name"] for entry in below] == ["head_weight_to_fp16"]
+
+
 def test_encode_refuses_existing_output(tmp_path):
     output = tmp_path / "out.mlpackage"
     assert sparseblob("encode", DENSE, "-o", output, "--sparsity", "0.5").returncode == 0
