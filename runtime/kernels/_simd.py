@@ -41,6 +41,8 @@ __all__ = [
     "vload_u8",
     "vload_i8",
     "vload_index",
+    "vexpand_index",
+    "vkeep",
     "vpermute",
     "vgather",
     "vexpand",
@@ -58,7 +60,7 @@ __all__ = [
     "vstore_pieces",
     "vexpand_f16_pair",
     "prefetch",
-    "EXPAND_WORDS",
+    "VBMI2",
     "popcount",
     "trailing_zeros",
     "half_to_float",
@@ -94,8 +96,9 @@ def _host_has(feature: str) -> bool:
         return False
 
 
-# AVX-512 VBMI2 adds vpexpandw, which expands 32 fp16 values (two 16-column steps) at once.
-EXPAND_WORDS: bool = AVAILABLE and _host_has("avx512vbmi2")
+# AVX-512 VBMI2 adds vpexpandw and vpexpandb: 32 fp16 values (two 16-column steps) expand at
+# once, and 16 byte codes expand before their table lookup.
+VBMI2: bool = AVAILABLE and _host_has("avx512vbmi2")
 
 
 _F32 = ir.FloatType()
@@ -249,6 +252,42 @@ def vload_index(typingctx, array, index):
         return builder.zext(builder.load(pointer, align=1), _vec(_I32))
 
     return i32x16(array, types.intp), codegen
+
+
+@intrinsic
+def vexpand_index(typingctx, array, index, mask):
+    """Spread 16 uint8 codes from ``array[index:]`` to the set bits of ``mask`` (``vpexpandb``).
+
+    Returns the codes zero-extended to 32-bit lane indices, with 0 in the lanes whose bit is
+    clear. Needs AVX-512 VBMI2.
+    """
+    if not _check_array(array, types.uint8) or not isinstance(mask, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], _vec(_I8))
+        codes = builder.load(pointer, align=1)
+        expand = _declare(
+            builder, "llvm.x86.avx512.mask.expand.v16i8", _vec(_I8), [_vec(_I8), _vec(_I8), _vec(_I1)]
+        )
+        zeros = ir.Constant(_vec(_I8), [ir.Constant(_I8, 0)] * LANES)
+        expanded = builder.call(expand, [codes, zeros, _lane_mask(builder, args[2])])
+        return builder.zext(expanded, _vec(_I32))
+
+    return i32x16(array, types.intp, mask), codegen
+
+
+@intrinsic
+def vkeep(typingctx, vector, mask):
+    """Return ``vector`` with the lanes whose bit of ``mask`` is clear set to 0.0."""
+    if vector != f32x16 or not isinstance(mask, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        zeros = ir.Constant(_vec(_F32), [ir.Constant(_F32, 0.0)] * LANES)
+        return builder.select(_lane_mask(builder, args[1]), args[0], zeros)
+
+    return f32x16(f32x16, mask), codegen
 
 
 @intrinsic

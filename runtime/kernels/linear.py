@@ -203,9 +203,9 @@ def _sparse(weight: CompressedWeight, args: _KernelArgs, x2: np.ndarray) -> np.n
             panels.start, panels.n_panels, panels.columns, groups.row_group, *_values_of(panels.payload),
             xp.reshape(-1), x_stride, out.reshape(-1), padded_rows,
         )  # fmt: skip
-    elif isinstance(weight, BitmaskWeight) and weight.payload.mode == FLOAT16 and _simd.EXPAND_WORDS:
+    elif isinstance(weight, BitmaskWeight) and weight.payload.mode == FLOAT16 and _simd.VBMI2:
         _numba.bitmask_gemv_fp16(weight.chunk_masks, weight.row_start, weight.n_chunks, weight.payload.data16, xp[0], out[0])
-    elif isinstance(weight, BitmaskWeight) and weight.payload.mode == LUT16 and groups.uniform_columns:
+    elif isinstance(weight, BitmaskWeight) and weight.payload.mode == LUT16 and groups.uniform_columns and _simd.VBMI2:
         _numba.bitmask_gemv_lut16(
             weight.chunk_masks, weight.row_start, weight.n_chunks, groups.row_group,
             weight.payload.codes, weight.payload.table, xp[0], out[0],

@@ -76,12 +76,17 @@ def test_kernels_decode_values_exactly(value_format, layout):
         np.testing.assert_array_equal(linear(identity, built.weight, strategy=strategy), built.reference.T, err_msg=strategy)
 
 
+@pytest.mark.parametrize("vbmi2", [True, False], ids=["vbmi2", "no-vbmi2"])
 @pytest.mark.parametrize("tokens", [1, 3])
 @pytest.mark.parametrize("density", [0.1, 0.5])
 @pytest.mark.parametrize("value_format", VALUE_FORMATS)
-def test_streaming_kernels_match_dense_over_many_steps(value_format, density, tokens):
+def test_streaming_kernels_match_dense_over_many_steps(value_format, density, tokens, vbmi2, monkeypatch):
     # 200 columns give 13 steps of 16 columns per row, more than the kernels' 4 rotating
-    # accumulators. Density 0.1 takes the indexed kernel, and 0.5 the mask kernels.
+    # accumulators. Density 0.1 takes the indexed kernel, and 0.5 the mask kernels; without
+    # VBMI2 the fp16 and 4-bit LUT values take the generic mask kernel.
+    if vbmi2 and not _simd.VBMI2:
+        pytest.skip("the host has no AVX-512 VBMI2")
+    monkeypatch.setattr(_simd, "VBMI2", vbmi2)
     rng = np.random.default_rng(24)
     shape = fit_shape((9, 200), value_format, "unstructured")
     built = make_weight(rng, shape, density, value_format)
