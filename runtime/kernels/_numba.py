@@ -132,6 +132,12 @@ def _group_vector(mode, data16, data32, codes, table, width, scale, offset, roun
 _PREFETCH_BYTES = 2048
 
 
+# Prefetch distance in bytes of 4-bit LUT codes (one byte each), issued every 8 steps. Measured
+# with the dense product run in between, so that the weight comes from memory: 4096x11008 at
+# 50% density took 15-20% less time with it, and 512 to 2048 bytes all helped.
+_PREFETCH_CODES = 1024
+
+
 @njit(cache=False, inline="always")
 def _low_lanes(count):
     """Mask with the low ``count`` of 16 bits set."""
@@ -192,6 +198,8 @@ def bitmask_gemv_lut16(chunk_masks, row_start, n_chunks, row_group, codes, table
         acc3 = vzero()
         for k in range(n_chunks):
             mask = row_masks[k]
+            if k % 8 == 0:
+                prefetch(codes, p + _PREFETCH_CODES)
             value = vkeep(vpermute(lut, vexpand_index(codes, p, mask)), mask)
             p += popcount(mask)
             updated = vfma(value, vload(x, k * LANES), acc3)
