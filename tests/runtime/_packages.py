@@ -139,13 +139,15 @@ def _base_model(target: str) -> ct.models.MLModel:
 def _convert(target: str) -> ct.models.MLModel:
     opset = _TARGETS[target]
 
-    # Explicit op names: coremltools numbers unnamed ops per process, so they would depend on
-    # what the test worker built before.
+    # The builder numbers unnamed ops and consts with one counter per process; starting it
+    # afresh gives every build the same names, whatever a test worker built before.
+    mb.name_count.clear()
+
     @mb.program(input_specs=[mb.TensorSpec((1, 128)), mb.TensorSpec((1, 16, 8, 8))], opset_version=opset)
     def program(x, y):
-        dense = mb.linear(x=x, weight=LINEAR_WEIGHT, bias=np.zeros(64, np.float32), name="linear_0")
-        conv = mb.conv(x=y, weight=CONV_WEIGHT, name="conv_0")
-        both = mb.concat(values=[dense, dense], axis=1, name="concat_0")
+        dense = mb.linear(x=x, weight=LINEAR_WEIGHT, bias=np.zeros(64, np.float32))
+        conv = mb.conv(x=y, weight=CONV_WEIGHT)
+        both = mb.concat(values=[dense, dense], axis=1)
         return both, conv
 
     return ct.convert(program, convert_to="mlprogram", minimum_deployment_target=opset, skip_model_load=True)
