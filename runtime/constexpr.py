@@ -22,7 +22,14 @@ from .errors import PackageError, ShapeError, UnknownDtypeError
 from .package import Function, Operation
 from .values import TensorType, ValueType
 
-__all__ = ["evaluate_constexpr", "constexpr_params", "constexpr_param_dtypes", "weight_names", "check_output"]
+__all__ = [
+    "evaluate_constexpr",
+    "constexpr_params",
+    "constexpr_param_dtypes",
+    "constexpr_outputs",
+    "weight_names",
+    "check_output",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +152,18 @@ def constexpr_param_dtypes(op: Operation, declared: dict[str, ValueType]) -> dic
     return {key: value.dtype.name for key, value in types.items() if isinstance(value, TensorType)}
 
 
+def constexpr_outputs(function: Function) -> list[str]:
+    """Return the output names of the ``constexpr_*`` ops of a function's block, in program order."""
+    return [out.name for op in function.operations if op.is_constexpr for out in op.outputs]
+
+
 def weight_names(function: Function) -> list[str]:
     """Return the constexpr outputs that are weights: consumed by a non-constexpr op or returned.
 
     Outputs consumed only by other ``constexpr_*`` ops (masks, LUTs and values inside a chain)
     are intermediate and left out. Names are in program order.
     """
-    produced = [out.name for op in function.operations if op.is_constexpr for out in op.outputs]
+    produced = constexpr_outputs(function)
     used = set(function.outputs)
     _collect_non_constexpr_uses(function.operations, used)
     return [name for name in produced if name in used]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparseblob.runtime.constexpr import constexpr_outputs
 from sparseblob.runtime.errors import OptionError, SparseblobError
 from sparseblob.runtime.package import Package, load
 
@@ -275,7 +276,7 @@ def _check_expected_names(package: Package, functions: Sequence[str], expected_a
     """
     known = set()
     for name in functions:
-        outputs = [out.name for op in package.function(name).operations if op.is_constexpr for out in op.outputs]
+        outputs = constexpr_outputs(package.function(name))
         known.update(outputs)
         if len(functions) > 1:
             known.update(f"{name}:{output}" for output in outputs)

@@ -282,7 +282,7 @@ def indexed_gemm(
                     # operands so that an infinite input there cannot make this row NaN.
                     value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, first + full, group)
                     inputs = vload_indexed(x, base, value_columns, first + full)
-                    acc0 = vfma(vexpand(value, tail), vexpand(inputs, tail), acc0)
+                    acc0 = vfma(vkeep(value, tail), vkeep(inputs, tail), acc0)
                 y[token * y_stride + r] += vhsum(vadd(acc0, acc1))
 
 

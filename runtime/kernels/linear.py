@@ -97,11 +97,7 @@ class _KernelArgs:
     lane_offset: np.ndarray
 
 
-def _values(weight: CompressedWeight) -> tuple:
-    return _values_of(weight.payload)
-
-
-def _values_of(p: Payload) -> tuple:
+def _values(p: Payload) -> tuple:
     return (p.mode, p.data16, p.data32, p.codes, p.table, p.width, p.scale, p.offset, p.rounding)
 
 
@@ -148,7 +144,7 @@ def _kernel_args(weight: CompressedWeight) -> _KernelArgs:
         streaming = _simd.AVAILABLE and weight.block in _numba.BLOCK_WIDTHS and supported
 
     args = _KernelArgs(
-        values=_values(weight),
+        values=_values(weight.payload),
         streaming=streaming or indexed,
         indexed=indexed,
         simd_decode=simd_decode,
@@ -200,7 +196,7 @@ def _sparse(weight: CompressedWeight, args: _KernelArgs, x2: np.ndarray) -> np.n
         panels = weight.column_panels(PANEL_COLUMNS)
         out[:] = 0.0
         _numba.indexed_gemm(
-            panels.start, panels.n_panels, panels.columns, groups.row_group, *_values_of(panels.payload),
+            panels.start, panels.n_panels, panels.columns, groups.row_group, *_values(panels.payload),
             xp.reshape(-1), x_stride, out.reshape(-1), padded_rows,
         )  # fmt: skip
     elif isinstance(weight, BitmaskWeight) and weight.payload.mode == FLOAT16 and _simd.VBMI2:
