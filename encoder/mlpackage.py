@@ -432,7 +432,7 @@ def _plan_package(package: Package, config: CompressionConfig) -> dict[str, _Fun
 
 
 class _LimitReason(str):
-    """Reason of a weight left dense by the rank or size limit, which is not a skip."""
+    """Reason that marks a weight left dense by the rank or size limit rather than skipped."""
 
 
 @dataclass
@@ -493,7 +493,7 @@ def _plan_weight(function, op, all_uses, weight_uses, consumers, config, constan
         return None, None
 
     # Rank and size limits leave a weight dense without a skip, as coremltools' weight_threshold
-    # does; the report lists these weights apart.
+    # does. The report lists these weights apart.
     min_elements = min(settings.min_elements for _, settings, _ in requests)
     if rank < 2 or not ttype.is_static or count <= min_elements:
         reason = _LimitReason(

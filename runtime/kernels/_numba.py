@@ -257,7 +257,7 @@ def indexed_gemm(
     at low density. The values come in column panels (:class:`.formats.ColumnPanels`): all rows
     of one panel run before the next, so the panel's inputs stay in cache. Groups must depend
     on the row only. ``x`` and ``y`` are the flat views of ``[tokens, x_stride]`` and
-    ``[tokens, y_stride]``; ``y`` must start at zero.
+    ``[tokens, y_stride]``. Each panel adds to ``y``, so ``y`` must start at zero.
     """
     tokens = x.size // x_stride
     rows = (panel_start.size - 1) // n_panels
@@ -278,8 +278,8 @@ def indexed_gemm(
                     acc1 = acc0
                     acc0 = updated
                 if full < count:
-                    # Lanes past the row's values would read other rows' inputs; zero both
-                    # operands so that an infinite input there cannot make this row NaN.
+                    # Lanes past the row's values read other rows' inputs. Both operands are
+                    # zeroed there, so an infinite input cannot make this row NaN.
                     value = _group_vector(mode, data16, data32, codes, table, width, scale, offset, rounding, first + full, group)
                     inputs = vload_indexed(x, base, value_columns, first + full)
                     acc0 = vfma(vkeep(value, tail), vkeep(inputs, tail), acc0)

@@ -53,9 +53,9 @@ STRATEGIES = ("sparse", "tiled", "dense")
 
 # At or below this density the streaming kernel walks the stored values with their column
 # indices instead of expanding the mask 16 columns at a time. The crossover for one token on an
-# AMD EPYC (Zen 4) core, 4096x4096 and 4096x11008 weights, is 0.2 for fp16 values and 0.22 to
-# 0.25 for 4-bit LUT values. There the mask kernel takes 0.37 to 0.50 of dense BLAS at any
-# density up to 0.5, and the indexed one 0.19 at density 0.1 and 0.41 at 0.2.
+# AMD EPYC (Zen 4) core, 4096x4096 and 4096x11008 weights, is 0.2 for fp16 values and 0.2 to
+# 0.22 for 4-bit LUT values. The mask kernels take 0.37 to 0.47 of dense BLAS at densities 0.1
+# to 0.5, and the indexed one 0.19 to 0.22 at density 0.1 and 0.35 to 0.44 at 0.2.
 INDEXED_DENSITY = 0.2
 
 # The indexed kernel runs once per token, while the mask-expanding kernel decodes once per 4
@@ -65,8 +65,8 @@ INDEXED_TOKENS_TIMES_DENSITY = 0.6
 
 # The indexed kernel walks the columns in panels of this width: 4096 fp32 inputs take 16 KiB,
 # half of a 32 KiB first-level data cache. On the benchmark machine a 4096x11008 layer at 10 %
-# density took 0.33 of dense BLAS without panels and 0.16 with them (0.16 to 0.26 for panels of
-# 2048 to 8192 columns).
+# density took 0.33 to 0.35 of dense BLAS without panels and 0.18 to 0.23 with them. In short
+# runs, panels of 2048 to 8192 columns took 0.16 to 0.26.
 PANEL_COLUMNS = 4096
 
 # Up to this many tokens the BLAS calls multiply weight @ x^T, above it x @ weight^T.

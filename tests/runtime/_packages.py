@@ -139,8 +139,8 @@ def _base_model(target: str) -> ct.models.MLModel:
 def _convert(target: str) -> ct.models.MLModel:
     opset = _TARGETS[target]
 
-    # The builder numbers unnamed ops and consts with one counter per process; starting it
-    # afresh gives every build the same names, whatever a test worker built before.
+    # The builder numbers unnamed ops and consts with one counter per process. Clearing it gives
+    # every build the names a fresh process would, whatever a test worker built before.
     mb.name_count.clear()
 
     @mb.program(input_specs=[mb.TensorSpec((1, 128)), mb.TensorSpec((1, 16, 8, 8))], opset_version=opset)

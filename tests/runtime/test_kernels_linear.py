@@ -80,10 +80,10 @@ def test_kernels_decode_values_exactly(value_format, layout):
 @pytest.mark.parametrize("tokens", [1, 3])
 @pytest.mark.parametrize("density", [0.1, 0.5])
 @pytest.mark.parametrize("value_format", VALUE_FORMATS)
-def test_streaming_kernels_match_dense_over_many_steps(value_format, density, tokens, vbmi2, monkeypatch):
+def test_kernels_over_many_steps(value_format, density, tokens, vbmi2, monkeypatch):
     # 200 columns give 13 steps of 16 columns per row, more than the kernels' 4 rotating
-    # accumulators. Density 0.1 takes the indexed kernel, and 0.5 the mask kernels; without
-    # VBMI2 the fp16 and 4-bit LUT values take the generic mask kernel.
+    # accumulators. Density 0.1 takes the indexed kernel, and 0.5 the mask kernels. Without
+    # VBMI2, fp16 and 4-bit LUT values take the generic mask kernel.
     if vbmi2 and not _simd.VBMI2:
         pytest.skip("the host has no AVX-512 VBMI2")
     monkeypatch.setattr(_simd, "VBMI2", vbmi2)
@@ -152,7 +152,7 @@ INDEXED_FORMATS = ("fp16", "fp32", "lut4", "lut2-grouped-rows", "lut8-int8-table
     tokens=st.integers(1, 2),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_indexed_kernel_in_column_panels_matches_dense(rows, columns, width, value_format, density, tokens, seed):
+def test_indexed_kernel_column_panels(rows, columns, width, value_format, density, tokens, seed):
     rng = np.random.default_rng(seed)
     shape = fit_shape((rows, columns), value_format, "unstructured")
     mask = np.zeros(shape, bool)
@@ -194,7 +194,7 @@ def test_single_column_panel_shares_payload():
 
 
 @pytest.mark.skipif(not _simd.AVAILABLE, reason="the indexed kernel needs AVX-512")
-def test_indexed_kernel_ignores_inputs_of_other_rows():
+def test_indexed_tail_ignores_other_rows():
     # Row 0 stores one value (column 0); the vector step past it would read the inputs of
     # row 1's columns. An infinite input there must not reach row 0.
     mask = np.zeros((2, 80), bool)

@@ -256,7 +256,7 @@ def test_invalid_expectation_is_option_error():
         verify_package(FIXTURES / entry("ios18/prune_magnitude50")["package"], expect="two:four")
 
 
-def test_expected_weights_with_unknown_names_are_option_error(tmp_path):
+def test_expected_unknown_names_rejected(tmp_path):
     item = entry("ios18/prune_magnitude50")
     expected = dict(np.load(FIXTURES / item["expected"]))
     renamed = {f"renamed_{key}": value for key, value in expected.items()}

@@ -121,7 +121,7 @@ def test_encode_then_verify(tmp_path):
     assert json.loads(verified.stdout)["status"] == "pass"
 
 
-def test_encode_lists_weights_below_the_size_limit(tmp_path):
+def test_encode_lists_small_weights(tmp_path):
     dense_mlp = FIXTURES / "models/mlp/ios18_dense.mlpackage"
     text = sparseblob("encode", dense_mlp, "-o", tmp_path / "text.mlpackage", "--sparsity", "0.5")
     as_json = sparseblob("encode", dense_mlp, "-o", tmp_path / "json.mlpackage", "--sparsity", "0.5", "--json")
